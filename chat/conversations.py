@@ -1,0 +1,133 @@
+"""Conversation queries and settings changes for the HTTP views (ownership is checked here)."""
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db.models import Q, QuerySet
+from django.http import Http404
+
+from .models import Conversation, LanguageModel, Message
+
+
+def conversations_for(user, query: str = "") -> QuerySet[Conversation]:
+    """The user's conversations, newest first; `query` matches titles and message text."""
+    qs = Conversation.objects.filter(user=user)
+    query = query.strip()
+    if query:
+        qs = qs.filter(Q(title__icontains=query) | Q(messages__content__icontains=query)).distinct()
+    return qs.order_by("-updated_at")
+
+
+def get_owned_conversation(user, conversation_id) -> Conversation:
+    """The conversation if it exists and belongs to `user`; 404 otherwise (same answer for both)."""
+    try:
+        return Conversation.objects.select_related("model").get(pk=int(conversation_id), user=user)
+    except (Conversation.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such conversation.") from None
+
+
+def visible_messages(conversation: Conversation) -> QuerySet[Message]:
+    return conversation.messages.select_related("model").order_by("created_at", "id")
+
+
+@dataclass
+class SettingsResult:
+    conversation: Conversation
+    errors: dict[str, str]
+
+
+def _optional_float(raw, name: str, low: float, high: float, errors: dict) -> float | None:
+    if raw in (None, ""):
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        errors[name] = f"{name} must be a number between {low} and {high}."
+        return None
+    if not low <= value <= high:
+        errors[name] = f"{name} must be between {low} and {high}."
+        return None
+    return value
+
+
+def update_conversation(conversation: Conversation, data) -> SettingsResult:
+    """Validate and apply title, model, system prompt and sampling settings; all or nothing."""
+    errors: dict[str, str] = {}
+    changes: dict = {}
+    if "title" in data:
+        title = str(data["title"]).strip()
+        if not title:
+            errors["title"] = "The title cannot be empty."
+        elif len(title) > settings.CHAT_MAX_TITLE_CHARS:
+            errors["title"] = f"The title is longer than {settings.CHAT_MAX_TITLE_CHARS} characters."
+        else:
+            changes["title"] = title
+    if "system_prompt" in data:
+        prompt = str(data["system_prompt"])
+        if len(prompt) > settings.CHAT_MAX_SYSTEM_PROMPT_CHARS:
+            errors["system_prompt"] = (
+                f"The system prompt is longer than {settings.CHAT_MAX_SYSTEM_PROMPT_CHARS} characters."
+            )
+        else:
+            changes["system_prompt"] = prompt
+    if "temperature" in data:
+        changes["temperature"] = _optional_float(data["temperature"], "temperature", 0.0, 2.0, errors)
+    if "top_p" in data:
+        changes["top_p"] = _optional_float(data["top_p"], "top_p", 0.01, 1.0, errors)
+    if "model" in data:
+        model = LanguageModel.objects.enabled().filter(slug=str(data["model"])).first()
+        if model is None:
+            errors["model"] = "No enabled model with that name."
+        else:
+            changes["model"] = model
+    model = changes.get("model") or conversation.model or LanguageModel.default()
+    if "max_tokens" in data:
+        raw = data["max_tokens"]
+        if raw in (None, ""):
+            changes["max_tokens"] = None
+        else:
+            cap = model.max_new_tokens_cap if model else 4096
+            try:
+                value = int(raw)
+            except (TypeError, ValueError):
+                value = 0
+            if not 1 <= value <= cap:
+                errors["max_tokens"] = f"max_tokens must be a whole number from 1 to {cap}."
+            else:
+                changes["max_tokens"] = value
+    if errors:
+        return SettingsResult(conversation, errors)
+    for field, value in changes.items():
+        setattr(conversation, field, value)
+    if changes:
+        conversation.save(update_fields=[*changes.keys(), "updated_at"])
+    return SettingsResult(conversation, {})
+
+
+def conversation_json(conversation: Conversation) -> dict:
+    return {
+        "id": conversation.pk,
+        "title": conversation.title,
+        "url": conversation.get_absolute_url(),
+        "updated_at": conversation.updated_at.isoformat(),
+        "model": conversation.model.slug if conversation.model else None,
+        "system_prompt": conversation.system_prompt,
+        "temperature": conversation.temperature,
+        "top_p": conversation.top_p,
+        "max_tokens": conversation.max_tokens,
+    }
+
+
+def message_json(message: Message) -> dict:
+    return {
+        "id": message.pk,
+        "role": message.role,
+        "content": message.content,
+        "html": message.html,
+        "status": message.status,
+        "finish_reason": message.finish_reason,
+        "error": message.error,
+        "model": message.model.slug if message.model else None,
+        "usage": {"prompt_tokens": message.prompt_tokens, "completion_tokens": message.completion_tokens},
+        "timing": {"ttft_ms": message.ttft_ms, "tokens_per_s": message.tokens_per_s},
+    }

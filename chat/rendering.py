@@ -1,0 +1,49 @@
+"""Markdown → HTML on the server, then sanitized with bleach. The browser never renders Markdown."""
+
+from functools import partial
+
+import bleach
+import markdown
+from bleach.linkifier import LinkifyFilter
+
+ALLOWED_TAGS = frozenset(
+    {
+        "p", "br", "hr", "strong", "em", "b", "i", "del", "code", "pre", "blockquote",
+        "ul", "ol", "li", "a", "h1", "h2", "h3", "h4", "h5", "h6",
+        "table", "thead", "tbody", "tr", "th", "td", "span",
+    }
+)
+ALLOWED_ATTRIBUTES = {"a": ["href", "title", "rel"], "code": ["class"], "span": ["class"], "th": ["align"], "td": ["align"]}
+ALLOWED_PROTOCOLS = frozenset({"http", "https", "mailto"})
+
+
+def _link_attributes(attrs: dict, new: bool = False) -> dict:
+    href_key = (None, "href")
+    if href_key not in attrs:
+        return attrs
+    attrs[(None, "rel")] = "noopener nofollow"
+    attrs[(None, "target")] = "_blank"
+    return attrs
+
+
+_cleaner = bleach.Cleaner(
+    tags=ALLOWED_TAGS,
+    attributes={**ALLOWED_ATTRIBUTES, "a": ["href", "title", "rel", "target"]},
+    protocols=ALLOWED_PROTOCOLS,
+    strip=False,
+    filters=[partial(LinkifyFilter, callbacks=[_link_attributes], skip_tags={"pre", "code"})],
+)
+
+
+def _markdown() -> markdown.Markdown:
+    md = markdown.Markdown(extensions=["fenced_code", "tables", "sane_lists"], output_format="html")
+    # Raw HTML in user or model text is shown as text, never passed through as markup.
+    md.preprocessors.deregister("html_block")
+    md.inlinePatterns.deregister("html")
+    return md
+
+
+def render_markdown(text: str) -> str:
+    """Render untrusted Markdown (user or model text) to safe HTML."""
+    html = _markdown().convert(text)
+    return _cleaner.clean(html)

@@ -1,0 +1,18 @@
+from django.urls import path
+
+from . import views
+
+app_name = "chat"
+
+urlpatterns = [
+    path("", views.chat_page, name="home"),
+    path("c/<int:conversation_id>/", views.chat_page, name="conversation"),
+    path("api/conversations/", views.conversation_list, name="conversation_list"),
+    path("api/conversations/<int:conversation_id>/", views.conversation_update, name="conversation_update"),
+    path("api/conversations/<int:conversation_id>/delete/", views.conversation_delete, name="conversation_delete"),
+    path(
+        "api/conversations/<int:conversation_id>/messages/",
+        views.conversation_messages,
+        name="conversation_messages",
+    ),
+]

@@ -1,0 +1,95 @@
+"""HTTP views: the chat page and the small JSON endpoints the page's script calls."""
+
+import json
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET, require_POST
+
+from . import conversations, reaper
+from .models import LanguageModel
+
+
+@login_required
+@require_GET
+def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpResponse:
+    conversation = None
+    messages = []
+    if conversation_id is not None:
+        conversation = conversations.get_owned_conversation(request.user, conversation_id)
+        reaper.reap_conversation(conversation)
+        messages = list(conversations.visible_messages(conversation))
+    models = list(LanguageModel.objects.enabled())
+    default_model = LanguageModel.default()
+    active = next((m for m in messages if m.is_active), None)
+    config = {
+        "conversation": conversation.pk if conversation else None,
+        "conversationSettings": conversations.conversation_json(conversation) if conversation else None,
+        "models": [{"slug": m.slug, "name": m.name} for m in models],
+        "defaultModel": default_model.slug if default_model else None,
+        "activeMessage": active.pk if active else None,
+        "maxMessageChars": settings.CHAT_MAX_MESSAGE_CHARS,
+        "wsPath": "/ws/chat/",
+    }
+    return render(
+        request,
+        "chat/chat.html",
+        {
+            "conversation": conversation,
+            "chat_messages": messages,
+            "conversations": conversations.conversations_for(request.user)[:200],
+            "models": models,
+            "default_model": default_model,
+            "chat_config": config,
+        },
+    )
+
+
+@login_required
+@require_GET
+def conversation_list(request: HttpRequest) -> JsonResponse:
+    items = conversations.conversations_for(request.user, request.GET.get("q", ""))[:200]
+    return JsonResponse({"conversations": [conversations.conversation_json(c) for c in items]})
+
+
+def _request_data(request: HttpRequest):
+    if request.content_type == "application/json":
+        try:
+            data = json.loads(request.body or b"{}")
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+    return request.POST
+
+
+@login_required
+@require_POST
+def conversation_update(request: HttpRequest, conversation_id: int) -> JsonResponse:
+    conversation = conversations.get_owned_conversation(request.user, conversation_id)
+    data = _request_data(request)
+    if data is None:
+        return JsonResponse({"errors": {"__all__": "The request body is not a JSON object."}}, status=400)
+    result = conversations.update_conversation(conversation, data)
+    if result.errors:
+        return JsonResponse({"errors": result.errors}, status=400)
+    return JsonResponse({"conversation": conversations.conversation_json(result.conversation)})
+
+
+@login_required
+@require_POST
+def conversation_delete(request: HttpRequest, conversation_id: int) -> JsonResponse:
+    conversation = conversations.get_owned_conversation(request.user, conversation_id)
+    conversation.delete()
+    return JsonResponse({"deleted": conversation_id})
+
+
+@login_required
+@require_GET
+def conversation_messages(request: HttpRequest, conversation_id: int) -> JsonResponse:
+    conversation = conversations.get_owned_conversation(request.user, conversation_id)
+    reaper.reap_conversation(conversation)
+    return JsonResponse(
+        {"messages": [conversations.message_json(m) for m in conversations.visible_messages(conversation)]}
+    )
