@@ -70,14 +70,6 @@ class LanguageModel(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    def clean(self) -> None:
-        if self.source in (self.Source.LOCAL, self.Source.HUB) and not self.location.strip():
-            raise ValidationError({"location": "A local folder or hub id is required for this source."})
-        if self.is_default and not self.enabled:
-            raise ValidationError({"enabled": "The default model must be enabled."})
-        if self.max_tokens > self.max_new_tokens_cap:
-            raise ValidationError({"max_tokens": "The default cannot exceed the new-tokens cap."})
-
     def save(self, *args, **kwargs) -> None:
         # Race: two admins making different models the default at once; the unique partial
         # index keeps one, and the atomic block clears the old default before setting this one.
@@ -87,6 +79,14 @@ class LanguageModel(models.Model):
                     is_default=False
                 )
             super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        if self.source in (self.Source.LOCAL, self.Source.HUB) and not self.location.strip():
+            raise ValidationError({"location": "A local folder or hub id is required for this source."})
+        if self.is_default and not self.enabled:
+            raise ValidationError({"enabled": "The default model must be enabled."})
+        if self.max_tokens > self.max_new_tokens_cap:
+            raise ValidationError({"max_tokens": "The default cannot exceed the new-tokens cap."})
 
     @classmethod
     def default(cls) -> "LanguageModel | None":

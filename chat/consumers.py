@@ -1,0 +1,156 @@
+"""The chat websocket: parses frames, checks ownership, and forwards reply streams from Redis.
+
+`receive` never waits for a generation: each reply is forwarded by its own background task
+that reads the reply's Redis stream, so a `chat.stop` frame is handled while tokens flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from . import reaper, replies, streams, turns
+from .models import Message
+
+logger = logging.getLogger(__name__)
+
+IDLE_CHECK_MS = 2000  # how long a quiet stream waits before asking the reaper
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    async def connect(self) -> None:
+        self.user = self.scope.get("user")
+        self.forwarders: dict[int, asyncio.Task] = {}
+        await self.accept()
+        if self.user is None or not self.user.is_authenticated:
+            await self.close(code=4401)
+
+    async def disconnect(self, code) -> None:
+        for task in getattr(self, "forwarders", {}).values():
+            task.cancel()
+
+    async def receive(self, text_data=None, bytes_data=None) -> None:
+        raw = text_data if text_data is not None else (bytes_data or b"")
+        size = len(raw.encode() if isinstance(raw, str) else raw)
+        if size > settings.CHAT_MAX_FRAME_BYTES:
+            return await self.error(
+                "frame_too_large", f"The frame is {size} bytes; the limit is {settings.CHAT_MAX_FRAME_BYTES}."
+            )
+        try:
+            frame = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return await self.error("invalid_json", "The frame is not valid JSON.")
+        if not isinstance(frame, dict):
+            return await self.error("invalid_json", "The frame must be a JSON object.")
+        handler = {
+            "chat.send": self.on_send,
+            "chat.stop": self.on_stop,
+            "chat.regenerate": self.on_regenerate,
+            "chat.resume": self.on_resume,
+        }.get(frame.get("type"))
+        if handler is None:
+            return await self.error(
+                "unknown_type", "Unknown frame type; use chat.send, chat.stop, chat.regenerate or chat.resume."
+            )
+        try:
+            await handler(frame)
+        except turns.TurnError as exc:
+            await self.error(exc.code, exc.message, frame.get("message"))
+
+    # --- handlers ------------------------------------------------------------------------------
+    async def on_send(self, frame: dict) -> None:
+        turn = await database_sync_to_async(turns.start_turn)(
+            self.user, frame.get("conversation"), frame.get("content"), frame.get("model"), frame.get("params")
+        )
+        await self.start(turn)
+
+    async def on_regenerate(self, frame: dict) -> None:
+        turn = await database_sync_to_async(turns.regenerate)(self.user, frame.get("message"))
+        await self.start(turn)
+
+    async def on_stop(self, frame: dict) -> None:
+        message = await database_sync_to_async(turns.owned_message)(self.user, frame.get("message"))
+        if message.is_active:
+            await streams.request_stop(message.pk)
+
+    async def on_resume(self, frame: dict) -> None:
+        message = await database_sync_to_async(turns.owned_message)(self.user, frame.get("message"))
+        after = frame.get("after", 0)
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise turns.TurnError("invalid_field", "after must be a whole number (the last seq you received).")
+        self.forward(message.pk, after)
+
+    # --- streaming -----------------------------------------------------------------------------
+    async def start(self, turn: turns.Turn) -> None:
+        await streams.enqueue(turn.request)
+        await self.send_json(turn.started_frame())
+        self.forward(turn.reply.pk, 0)
+
+    def forward(self, message_id: int, after: int) -> None:
+        previous = self.forwarders.pop(message_id, None)
+        if previous is not None:
+            previous.cancel()
+        self.forwarders[message_id] = asyncio.create_task(self._forward(message_id, after))
+
+    async def _forward(self, message_id: int, after: int) -> None:
+        """Send every delta with seq > after, then live ones, until the reply's `done`."""
+        last = after
+        # The first pass does not wait, so a reply that already ended (or whose worker died)
+        # is settled at once on resume.
+        quiet_since = time.monotonic() - IDLE_CHECK_MS / 1000
+        block_ms = None
+        try:
+            while True:
+                entries = await streams.read_after(message_id, last, block_ms)
+                block_ms = IDLE_CHECK_MS
+                for seq, kind, data in entries:
+                    last = seq
+                    if kind == "done":
+                        await self.send_json(data)
+                        return
+                    await self.send_json({"type": "chat.delta", "message": message_id, "seq": seq, "text": data["text"]})
+                if entries:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= IDLE_CHECK_MS / 1000:
+                    done = await database_sync_to_async(_settle)(message_id)
+                    if done is not None:
+                        await self.send_json(done)
+                        return
+                    quiet_since = time.monotonic()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("forwarding reply %s failed", message_id)
+            await self.error("stream_failed", "Lost the reply's stream; reload the page to resume.", message_id)
+        finally:
+            if self.forwarders.get(message_id) is asyncio.current_task():
+                del self.forwarders[message_id]
+
+    async def send_json(self, data: dict) -> None:
+        await self.send(text_data=json.dumps(data))
+
+    async def error(self, code: str, message: str, message_id=None) -> None:
+        await self.send_json({"type": "chat.error", "code": code, "message": message, "message_id": message_id})
+
+
+def _settle(message_id: int) -> dict | None:
+    """For a quiet stream: reap the reply if its worker is gone; if it has ended (and its stream
+    expired or was reaped meanwhile), return its done frame from the database."""
+    message = Message.objects.filter(pk=message_id).first()
+    if message is None:
+        return {"type": "chat.done", "message": message_id, "finish_reason": "error", "usage": {}, "html": "",
+                "timing": {}, "error": "This reply was deleted."}
+    if message.is_active:
+        if not reaper.reap_message(message):
+            return None
+        message.refresh_from_db()
+    entries = streams.read_all(message_id)
+    if entries and entries[-1][1] == "done":
+        return None  # the forwarder reads it on its next pass
+    return replies.done_payload(message)

@@ -1,0 +1,318 @@
+"""The inference engine: step-level batched generation over a transformers causal LM.
+
+Requests join and leave the running batch between decoding steps. Every row keeps its own
+attention mask (left padding) and position ids in one shared KV cache, the way left-padded
+batched `generate` works, so a request arriving mid-way waits for one step, not for another
+user's whole reply. Requests with different sampling settings and lengths share batches.
+
+This module knows nothing of Django, Redis or websockets: the worker feeds it requests and
+forwards the text pieces it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+logger = logging.getLogger(__name__)
+
+
+class IncrementalDecoder:
+    """Turns token ids into text pieces without ever splitting a UTF-8 character."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "_tokenizer", None) or getattr(tokenizer, "backend_tokenizer", None)
+        self._backend = backend
+        self._stream = None
+        if backend is not None:
+            try:
+                from tokenizers.decoders import DecodeStream
+
+                self._stream = DecodeStream(skip_special_tokens=True)
+            except ImportError:  # pragma: no cover - old tokenizers
+                self._stream = None
+        self._ids: list[int] = []
+        self._emitted = ""
+
+    def step(self, token_id: int) -> str:
+        if self._stream is not None:
+            return self._stream.step(self._backend, token_id) or ""
+        # Slow tokenizers: decode everything and emit the new suffix once it is whole.
+        self._ids.append(token_id)
+        text = self.tokenizer.decode(self._ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""
+        piece = text[len(self._emitted) :]
+        self._emitted = text
+        return piece
+
+
+@dataclass
+class GenerationRequest:
+    """One reply to generate. `prompt_ids` is the tokenized chat template output."""
+
+    id: str
+    prompt_ids: list[int]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class StepEvent:
+    """What one request produced in one engine step."""
+
+    request_id: str
+    text: str = ""
+    new_tokens: int = 0
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
+    error: str = ""
+
+
+@dataclass
+class _Row:
+    request: GenerationRequest
+    decoder: IncrementalDecoder
+    next_token: int = -1
+    next_position: int = 0
+    generated: int = 0
+    first_token_at: float | None = None
+
+
+class BatchEngine:
+    """Continuous batching over one model: call `add`, then `step` until `has_work` is false."""
+
+    def __init__(self, model, tokenizer, max_batch: int = 16) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.device = next(model.parameters()).device
+        self.pending: deque[GenerationRequest] = deque()
+        self.rows: list[_Row] = []
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # [batch, cache_len] of 0/1
+        self.stop_ids = stop_token_ids(model, tokenizer)
+        self._cancelled: set[str] = set()
+
+    # --- public API ------------------------------------------------------------------------
+    @property
+    def has_work(self) -> bool:
+        return bool(self.pending or self.rows)
+
+    @property
+    def active_count(self) -> int:
+        return len(self.rows)
+
+    def add(self, request: GenerationRequest) -> None:
+        if not request.prompt_ids:
+            raise ValueError("A request needs at least one prompt token.")
+        self.pending.append(request)
+
+    def cancel(self, request_id: str) -> None:
+        """Stop a request; it is reported with finish_reason 'cancelled' by the next step."""
+        self._cancelled.add(request_id)
+
+    @torch.inference_mode()
+    def step(self) -> list[StepEvent]:
+        """Admit waiting requests (prefill), then decode one token for every running row."""
+        events: list[StepEvent] = []
+        events += self._drop_cancelled()
+        while self.pending and len(self.rows) < self.max_batch:
+            request = self.pending.popleft()
+            try:
+                event = self._prefill(request)
+            except Exception as exc:  # a bad request must not take the batch down
+                logger.exception("prefill failed for %s", request.id)
+                event = StepEvent(request.id, finish_reason="error", error=f"Generation failed: {exc}")
+            events.append(event)
+        events += self._finish_rows(events)
+        if self.rows:
+            events += self._decode()
+            events += self._finish_rows(events)
+        return _merge_events(events)
+
+    # --- internals -------------------------------------------------------------------------
+    def _drop_cancelled(self) -> list[StepEvent]:
+        if not self._cancelled:
+            return []
+        events = []
+        for request in [r for r in self.pending if r.id in self._cancelled]:
+            self.pending.remove(request)
+            events.append(StepEvent(request.id, finish_reason="cancelled"))
+        keep = [i for i, row in enumerate(self.rows) if row.request.id not in self._cancelled]
+        for row in self.rows:
+            if row.request.id in self._cancelled:
+                events.append(StepEvent(row.request.id, finish_reason="cancelled"))
+        self._cancelled.clear()
+        if len(keep) != len(self.rows):
+            self._keep_rows(keep)
+        return events
+
+    def _prefill(self, request: GenerationRequest) -> StepEvent:
+        ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
+        cache = DynamicCache()
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1, :].float()
+        token = int(_sample(logits, [request.temperature], [request.top_p])[0])
+        row = _Row(request=request, decoder=IncrementalDecoder(self.tokenizer))
+        row.next_position = len(request.prompt_ids)
+        self._merge(row, out.past_key_values, len(request.prompt_ids))
+        return self._accept(row, token)
+
+    def _accept(self, row: _Row, token: int) -> StepEvent:
+        """Record a sampled token for a row; the row's finish is decided in `_finish_rows`."""
+        if row.first_token_at is None:
+            row.first_token_at = time.monotonic()
+        row.generated += 1
+        row.next_token = token
+        if token in self.stop_ids:
+            return StepEvent(row.request.id, new_tokens=1, finish_reason="stop")
+        text = row.decoder.step(token)
+        reason = "length" if row.generated >= row.request.max_new_tokens else None
+        return StepEvent(row.request.id, text=text, new_tokens=1, finish_reason=reason)
+
+    def _decode(self) -> list[StepEvent]:
+        batch = len(self.rows)
+        input_ids = torch.tensor([[r.next_token] for r in self.rows], dtype=torch.long, device=self.device)
+        positions = torch.tensor([[r.next_position] for r in self.rows], dtype=torch.long, device=self.device)
+        self.mask = torch.cat([self.mask, torch.ones((batch, 1), dtype=self.mask.dtype, device=self.device)], dim=1)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=self.mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache = out.past_key_values
+        logits = out.logits[:, -1, :].float()
+        tokens = _sample(
+            logits, [r.request.temperature for r in self.rows], [r.request.top_p for r in self.rows]
+        ).tolist()
+        events = []
+        for row, token in zip(self.rows, tokens, strict=False):
+            row.next_position += 1
+            events.append(self._accept(row, int(token)))
+        return events
+
+    def _finish_rows(self, events: list[StepEvent]) -> list[StepEvent]:
+        """Remove rows whose latest event finished them (events are already reported)."""
+        finished = {e.request_id for e in events if e.finish_reason}
+        if not finished:
+            return []
+        keep = [i for i, row in enumerate(self.rows) if row.request.id not in finished]
+        if len(keep) != len(self.rows):
+            self._keep_rows(keep)
+        return []
+
+    def _merge(self, row: _Row, cache: DynamicCache, length: int) -> None:
+        """Add a prefilled request's KV cache to the batch, left-padding the shorter side."""
+        new_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        new_mask = torch.ones((1, length), dtype=torch.long, device=self.device)
+        if not self.rows:
+            self.cache = DynamicCache(ddp_cache_data=new_kv)
+            self.mask = new_mask
+            self.rows = [row]
+            return
+        old_kv = [(layer.keys, layer.values) for layer in self.cache.layers]
+        old_len = self.mask.shape[1]
+        total = max(old_len, length)
+        merged = [
+            (
+                torch.cat([_left_pad(ok, total - old_len), _left_pad(nk, total - length)], dim=0),
+                torch.cat([_left_pad(ov, total - old_len), _left_pad(nv, total - length)], dim=0),
+            )
+            for (ok, ov), (nk, nv) in zip(old_kv, new_kv, strict=False)
+        ]
+        self.mask = torch.cat(
+            [_left_pad_mask(self.mask, total - old_len), _left_pad_mask(new_mask, total - length)], dim=0
+        )
+        self.cache = DynamicCache(ddp_cache_data=merged)
+        self.rows.append(row)
+
+    def _keep_rows(self, keep: list[int]) -> None:
+        """Keep only the rows at `keep`, and drop leading columns that are padding in all of them."""
+        if not keep:
+            self.rows, self.cache, self.mask = [], None, None
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        mask = self.mask.index_select(0, index)
+        used = mask.any(dim=0).nonzero()
+        start = int(used[0]) if used.numel() else 0
+        kv = [
+            (layer.keys.index_select(0, index)[:, :, start:, :], layer.values.index_select(0, index)[:, :, start:, :])
+            for layer in self.cache.layers
+        ]
+        self.cache = DynamicCache(ddp_cache_data=kv)
+        self.mask = mask[:, start:]
+        self.rows = [self.rows[i] for i in keep]
+
+
+def _left_pad(tensor: torch.Tensor, amount: int) -> torch.Tensor:
+    if amount == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[-2] = amount
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=-2)
+
+
+def _left_pad_mask(mask: torch.Tensor, amount: int) -> torch.Tensor:
+    if amount == 0:
+        return mask
+    return torch.cat([mask.new_zeros((mask.shape[0], amount)), mask], dim=1)
+
+
+def _merge_events(events: list[StepEvent]) -> list[StepEvent]:
+    """One event per request per step, in order: text concatenated, last finish wins."""
+    merged: dict[str, StepEvent] = {}
+    for event in events:
+        current = merged.get(event.request_id)
+        if current is None:
+            merged[event.request_id] = StepEvent(
+                event.request_id, event.text, event.new_tokens, event.finish_reason, event.error
+            )
+            continue
+        current.text += event.text
+        current.new_tokens += event.new_tokens
+        current.finish_reason = current.finish_reason or event.finish_reason
+        current.error = current.error or event.error
+    return list(merged.values())
+
+
+def _sample(logits: torch.Tensor, temperatures: list[float], top_ps: list[float]) -> torch.Tensor:
+    """Pick one token per row: greedy where temperature is 0, nucleus sampling elsewhere."""
+    greedy = logits.argmax(dim=-1)
+    temps = torch.tensor(temperatures, dtype=logits.dtype, device=logits.device)
+    if bool((temps <= 0).all()):
+        return greedy
+    scaled = logits / temps.clamp(min=1e-5).unsqueeze(1)
+    probs = torch.softmax(scaled, dim=-1)
+    top_p = torch.tensor(top_ps, dtype=probs.dtype, device=probs.device).unsqueeze(1)
+    sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True)
+    cumulative = sorted_probs.cumsum(dim=-1)
+    # Keep the smallest set whose mass reaches top_p (always at least the top token).
+    sorted_probs = sorted_probs.masked_fill((cumulative - sorted_probs) >= top_p, 0.0)
+    choice = torch.multinomial(sorted_probs, 1).squeeze(1)
+    sampled = sorted_idx.gather(1, choice.unsqueeze(1)).squeeze(1)
+    return torch.where(temps <= 0, greedy, sampled)
+
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, (list, tuple)):
+            ids.update(int(i) for i in eos)
+    for token in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token) if token in tokenizer.get_vocab() else None
+        if isinstance(token_id, int):
+            ids.add(token_id)
+    return ids

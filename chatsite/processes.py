@@ -1,0 +1,219 @@
+"""Start, watch and stop a set of named child processes.
+
+Used by `manage.py runstack` (the single-machine launcher) and by the end-to-end test harness
+(`tests/stack.py`), so both supervise the real processes the same way.
+
+Each child runs in its own session (process group): a Ctrl-C in the terminal reaches only the
+supervisor, which then stops the children in order, and a signal sent to a child also reaches
+anything that child started. A child's output (stdout and stderr together) goes either to a log
+file or, line by line, to a callback that prefixes it with the child's name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+LineSink = Callable[[str, str], None]
+
+
+class _PrefixedWriter:
+    """The default sink: `name | line` on stdout, one writer at a time."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self.width = 8
+
+    def __call__(self, name: str, line: str) -> None:
+        stream = self._stream or sys.stdout
+        with self._lock:
+            stream.write(f"{name:<{self.width}} | {line}\n")
+            stream.flush()
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    name: str
+    argv: list[str]
+    process: subprocess.Popen
+    log_path: Path | None = None
+    stopping: bool = False
+    _reader: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
+    def is_running(self) -> bool:
+        return self.process.poll() is None
+
+
+class ProcessGroup:
+    """A set of named child processes started, watched and stopped together.
+
+    `start()` launches a child; `exited()` tells which child ended without being asked to;
+    `stop()` / `stop_all()` send SIGTERM to each child's process group, wait up to `timeout`
+    seconds, then SIGKILL whatever is left.
+    """
+
+    def __init__(
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        sink: LineSink | None = None,
+    ) -> None:
+        self.env = dict(os.environ if env is None else env)
+        self.cwd = cwd
+        self.sink: LineSink = sink or _PrefixedWriter()
+        self.children: dict[str, Child] = {}
+
+    # --- starting ------------------------------------------------------------------------
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log_path: str | os.PathLike[str] | None = None,
+    ) -> Child:
+        """Start `argv` as child `name`; its output goes to `log_path` or to the sink."""
+        if name in self.children and self.children[name].is_running():
+            raise RuntimeError(f"{name} is already running (pid {self.children[name].pid}).")
+        child_env = {**self.env, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        if isinstance(self.sink, _PrefixedWriter):
+            self.sink.width = max(self.sink.width, len(name))
+        log_file = None
+        if log_path is not None:
+            log_path = Path(log_path)
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_file = open(log_path, "ab")
+            stdout = log_file
+        else:
+            stdout = subprocess.PIPE
+        try:
+            process = subprocess.Popen(
+                list(argv),
+                cwd=self.cwd,
+                env=child_env,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            if log_file is not None:
+                log_file.close()  # the child holds its own descriptor
+        child = Child(name=name, argv=list(argv), process=process, log_path=log_path)
+        if log_path is None:
+            child._reader = threading.Thread(
+                target=self._forward, args=(child,), name=f"output-{name}", daemon=True
+            )
+            child._reader.start()
+        self.children[name] = child
+        return child
+
+    def _forward(self, child: Child) -> None:
+        assert child.process.stdout is not None
+        with child.process.stdout:
+            for raw in iter(child.process.stdout.readline, b""):
+                self.sink(child.name, raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+
+    # --- watching ------------------------------------------------------------------------
+    def __contains__(self, name: str) -> bool:
+        return name in self.children
+
+    def __getitem__(self, name: str) -> Child:
+        return self.children[name]
+
+    def pids(self) -> dict[str, int]:
+        """The pid of every running child, by name."""
+        return {name: c.pid for name, c in self.children.items() if c.is_running()}
+
+    def exited(self) -> list[Child]:
+        """Children that ended on their own (not through stop()), in start order."""
+        return [c for c in self.children.values() if not c.stopping and not c.is_running()]
+
+    def wait_for_exit(self, timeout: float, poll: float = 0.2) -> Child | None:
+        """Block up to `timeout` seconds for a child to end on its own; return it, or None."""
+        deadline = time.monotonic() + timeout
+        while True:
+            dead = self.exited()
+            if dead:
+                return dead[0]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(poll, remaining))
+
+    # --- stopping ------------------------------------------------------------------------
+    def stop(self, names: Iterable[str] | str, timeout: float = 10.0) -> dict[str, int | None]:
+        """SIGTERM the named children, wait up to `timeout` s, SIGKILL the rest; return codes."""
+        if isinstance(names, str):
+            names = [names]
+        targets = [self.children[n] for n in names if n in self.children]
+        for child in targets:
+            child.stopping = True
+            if child.is_running():
+                _signal_group(child, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(c.is_running() for c in targets) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for child in targets:
+            if child.is_running():
+                self.sink("supervisor", f"{child.name} (pid {child.pid}) ignored SIGTERM for {timeout:g} s; killing it")
+            # Also kill anything the child left behind in its process group.
+            _signal_group(child, signal.SIGKILL)
+            child.process.wait()
+            if child._reader is not None:
+                child._reader.join(timeout=2)
+        return {c.name: c.returncode for c in targets}
+
+    def stop_all(self, timeout: float = 10.0) -> dict[str, int | None]:
+        """Stop every child at once (SIGTERM, wait up to `timeout` s, SIGKILL)."""
+        return self.stop(list(self.children), timeout=timeout)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one child immediately (as a crash would), and reap it."""
+        child = self.children[name]
+        child.stopping = True
+        _signal_group(child, signal.SIGKILL)
+        child.process.wait()
+        if child._reader is not None:
+            child._reader.join(timeout=2)
+
+
+def _signal_group(child: Child, sig: signal.Signals) -> None:
+    # Each child leads its own process group (start_new_session), so its pid is the group id.
+    try:
+        os.killpg(child.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def tail(path: str | os.PathLike[str], lines: int = 50) -> str:
+    """The last `lines` lines of a log file (empty if it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 256 * 1024))
+            text = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])

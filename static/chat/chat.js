@@ -1,0 +1,740 @@
+/*
+ * Chat page client: one websocket per tab (docs/protocol.md, version 1), the sidebar and the
+ * settings panel. No dependencies, no build step.
+ *
+ * Safety rule: text from the model or the user is inserted with textContent / Text nodes.
+ * innerHTML is used only for HTML rendered and sanitized by the server (the `html` field of
+ * chat.done, and the page's own server-rendered messages).
+ */
+(function () {
+  "use strict";
+
+  var configElement = document.getElementById("chat-config");
+  if (!configElement) return;
+  var config = JSON.parse(configElement.textContent);
+
+  var $ = function (id) { return document.getElementById(id); };
+  var els = {
+    messages: $("messages"),
+    messagesEmpty: $("messages-empty"),
+    input: $("composer-input"),
+    composer: $("composer"),
+    send: $("send"),
+    stop: $("stop"),
+    banner: $("error-banner"),
+    bannerText: $("error-text"),
+    bannerClose: $("error-close"),
+    title: $("conversation-title"),
+    list: $("conversation-list"),
+    listEmpty: $("conversation-empty"),
+    search: $("search"),
+    sidebar: $("sidebar"),
+    sidebarToggle: $("sidebar-toggle"),
+    backdrop: $("sidebar-backdrop"),
+    settingsToggle: $("settings-toggle"),
+    settingsPanel: $("settings-panel"),
+    settingsForm: $("settings-form"),
+    settingsStatus: $("settings-status"),
+    settingsError: $("settings-error"),
+    modelSelect: $("model-select"),
+    systemPrompt: $("system-prompt"),
+    temperature: $("temperature"),
+    topP: $("top-p"),
+    maxTokens: $("max-tokens"),
+    connection: $("connection-status"),
+  };
+
+  var STATUS_TEXT = {
+    stopped: "stopped",
+    interrupted: "interrupted — the worker running this reply stopped",
+  };
+  var FINISH_TO_STATUS = {
+    stop: "complete",
+    length: "complete",
+    moderated: "complete",
+    cancelled: "stopped",
+    interrupted: "interrupted",
+    error: "error",
+  };
+
+  var state = {
+    conversation: config.conversation,
+    generating: null,        // id of the assistant message generating in this conversation
+    pending: null,           // {kind: "send"|"regenerate", content, replaces} until chat.started
+    lastSeq: {},             // message id -> last delta seq applied
+    pendingSettings: null,   // settings chosen in a new chat, saved once it exists
+    socket: null,
+    outbox: [],
+    backoff: 500,
+    reconnectTimer: null,
+    everConnected: false,
+    stopReconnecting: false,
+    stickToBottom: true,
+  };
+
+  // ---------------------------------------------------------------- helpers
+
+  function csrfToken() {
+    var match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    if (match) return decodeURIComponent(match[1]);
+    var input = document.querySelector("input[name=csrfmiddlewaretoken]");
+    return input ? input.value : "";
+  }
+
+  function postJSON(url, body) {
+    return fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+      body: JSON.stringify(body || {}),
+    }).then(function (response) {
+      return response.json().catch(function () { return {}; }).then(function (data) {
+        return { ok: response.ok, status: response.status, data: data };
+      });
+    });
+  }
+
+  function errorsText(errors) {
+    if (!errors) return "The request failed.";
+    if (typeof errors === "string") return errors;
+    return Object.keys(errors).map(function (key) {
+      var value = errors[key];
+      return Array.isArray(value) ? value.join(" ") : String(value);
+    }).join(" ");
+  }
+
+  function showError(text) {
+    els.bannerText.textContent = text;
+    els.banner.hidden = false;
+  }
+
+  function hideError() {
+    els.banner.hidden = true;
+    els.bannerText.textContent = "";
+  }
+
+  function messageElement(id) {
+    return els.messages.querySelector('[data-testid="message"][data-message-id="' + Number(id) + '"]');
+  }
+
+  function bodyOf(element) {
+    return element.querySelector(".message-body");
+  }
+
+  // ---------------------------------------------------------------- scrolling
+
+  function nearBottom() {
+    var m = els.messages;
+    return m.scrollHeight - m.scrollTop - m.clientHeight < 48;
+  }
+
+  function scrollToBottom(force) {
+    if (force || state.stickToBottom) {
+      els.messages.scrollTop = els.messages.scrollHeight;
+    }
+  }
+
+  els.messages.addEventListener("scroll", function () {
+    state.stickToBottom = nearBottom();
+  });
+
+  // ---------------------------------------------------------------- messages
+
+  function createMessage(id, role, modelName) {
+    var article = document.createElement("article");
+    article.className = "message message-" + role;
+    article.setAttribute("data-testid", "message");
+    article.setAttribute("data-role", role);
+    article.setAttribute("data-message-id", String(id));
+    article.setAttribute("data-status", role === "assistant" ? "queued" : "complete");
+    article.setAttribute("data-finish-reason", "");
+
+    var meta = document.createElement("div");
+    meta.className = "message-meta";
+    meta.textContent = role === "user" ? "You" : "Assistant" + (modelName ? " · " + modelName : "");
+    article.appendChild(meta);
+
+    var body = document.createElement("div");
+    body.className = "message-body plain";
+    body.setAttribute("data-testid", "message-body");
+    article.appendChild(body);
+
+    if (role === "assistant") {
+      var status = document.createElement("div");
+      status.className = "message-status";
+      status.setAttribute("data-testid", "message-status");
+      article.appendChild(status);
+      var stats = document.createElement("div");
+      stats.className = "message-stats";
+      stats.setAttribute("data-testid", "message-stats");
+      article.appendChild(stats);
+      var actions = document.createElement("div");
+      actions.className = "message-actions";
+      article.appendChild(actions);
+    }
+    els.messagesEmpty.hidden = true;
+    els.messages.appendChild(article);
+    return article;
+  }
+
+  function modelName(slug) {
+    var models = config.models || [];
+    for (var i = 0; i < models.length; i++) {
+      if (models[i].slug === slug) return models[i].name;
+    }
+    return slug || "";
+  }
+
+  function setGeneratingLook(element) {
+    element.setAttribute("data-status", "generating");
+    element.classList.add("is-generating");
+    var status = element.querySelector(".message-status");
+    if (status) status.textContent = "generating…";
+    var stats = element.querySelector(".message-stats");
+    if (stats) stats.textContent = "";
+  }
+
+  function clearStreamedText(element) {
+    var body = bodyOf(element);
+    body.textContent = "";
+    body.classList.add("plain");
+  }
+
+  function appendDelta(frame) {
+    var element = messageElement(frame.message);
+    if (!element) return;
+    var last = state.lastSeq[frame.message] || 0;
+    if (typeof frame.seq === "number" && frame.seq <= last) return;  // replayed after a resume
+    if (typeof frame.seq === "number") state.lastSeq[frame.message] = frame.seq;
+    if (element.getAttribute("data-status") !== "generating") setGeneratingLook(element);
+    var stick = state.stickToBottom;
+    bodyOf(element).appendChild(document.createTextNode(String(frame.text || "")));
+    if (stick) scrollToBottom(true);
+  }
+
+  function formatStats(usage, timing) {
+    var parts = [];
+    if (usage && usage.completion_tokens != null) parts.push(usage.completion_tokens + " tokens");
+    if (timing && timing.ttft_ms != null) parts.push("first token " + Math.round(timing.ttft_ms) + " ms");
+    if (timing && timing.tokens_per_s != null) parts.push(Number(timing.tokens_per_s).toFixed(1) + " tok/s");
+    return parts;
+  }
+
+  function renderStats(element, usage, timing) {
+    var stats = element.querySelector(".message-stats");
+    if (!stats) return;
+    stats.textContent = "";
+    formatStats(usage, timing).forEach(function (text) {
+      var span = document.createElement("span");
+      span.textContent = text;
+      stats.appendChild(span);
+    });
+  }
+
+  function finishMessage(frame) {
+    var element = messageElement(frame.message);
+    if (element) {
+      var reason = frame.finish_reason || "stop";
+      var status = FINISH_TO_STATUS[reason] || "complete";
+      var body = bodyOf(element);
+      if (typeof frame.html === "string" && (frame.html !== "" || status === "complete")) {
+        // Server-rendered, bleach-sanitized HTML: the only place innerHTML takes frame data.
+        body.innerHTML = frame.html;
+        body.classList.remove("plain");
+      }
+      element.setAttribute("data-status", status);
+      element.setAttribute("data-finish-reason", reason);
+      element.classList.remove("is-generating");
+      var statusLine = element.querySelector(".message-status");
+      if (statusLine) {
+        if (status === "error") statusLine.textContent = "error: " + (frame.error || "the reply failed");
+        else if (STATUS_TEXT[status]) statusLine.textContent = STATUS_TEXT[status];
+        else if (reason === "length") statusLine.textContent = "max tokens reached";
+        else if (reason === "moderated") statusLine.textContent = "moderated";
+        else statusLine.textContent = "";
+      }
+      renderStats(element, frame.usage, frame.timing);
+    }
+    delete state.lastSeq[frame.message];
+    if (state.generating === frame.message) state.generating = null;
+    updateControls();
+  }
+
+  function latestAssistant() {
+    var all = els.messages.querySelectorAll('[data-testid="message"][data-role="assistant"]');
+    return all.length ? all[all.length - 1] : null;
+  }
+
+  function updateRegenerate() {
+    var buttons = els.messages.querySelectorAll('[data-testid="regenerate"]');
+    for (var i = 0; i < buttons.length; i++) buttons[i].remove();
+    if (state.generating || state.pending) return;
+    var latest = latestAssistant();
+    if (!latest) return;
+    var status = latest.getAttribute("data-status");
+    if (status === "queued" || status === "generating") return;
+    var button = document.createElement("button");
+    button.type = "button";
+    button.className = "button small regenerate";
+    button.setAttribute("data-testid", "regenerate");
+    button.textContent = "Regenerate";
+    button.addEventListener("click", function () {
+      regenerate(Number(latest.getAttribute("data-message-id")));
+    });
+    latest.querySelector(".message-actions").appendChild(button);
+  }
+
+  function updateControls() {
+    var busy = Boolean(state.generating || state.pending);
+    els.send.disabled = busy || !config.models || config.models.length === 0;
+    els.stop.hidden = !state.generating;
+    els.composer.classList.toggle("is-busy", busy);
+    updateRegenerate();
+  }
+
+  // ---------------------------------------------------------------- sidebar
+
+  function conversationItem(id) {
+    return els.list.querySelector('[data-testid="conversation-item"][data-conversation-id="' + Number(id) + '"]');
+  }
+
+  function buildConversationItem(conv) {
+    var li = document.createElement("li");
+    li.className = "conversation-item" + (conv.id === state.conversation ? " active" : "");
+    li.setAttribute("data-testid", "conversation-item");
+    li.setAttribute("data-conversation-id", String(conv.id));
+    var link = document.createElement("a");
+    link.className = "conversation-link";
+    link.setAttribute("data-testid", "conversation-link");
+    link.href = conv.url || "/c/" + Number(conv.id) + "/";
+    link.textContent = conv.title;
+    li.appendChild(link);
+    var rename = document.createElement("button");
+    rename.type = "button";
+    rename.className = "icon-button rename";
+    rename.setAttribute("data-testid", "rename");
+    rename.title = "Rename";
+    rename.setAttribute("aria-label", "Rename");
+    rename.textContent = "✎";
+    li.appendChild(rename);
+    var del = document.createElement("button");
+    del.type = "button";
+    del.className = "icon-button delete";
+    del.setAttribute("data-testid", "delete");
+    del.title = "Delete";
+    del.setAttribute("aria-label", "Delete");
+    del.textContent = "🗑";
+    li.appendChild(del);
+    return li;
+  }
+
+  function renderConversationList(items) {
+    els.list.textContent = "";
+    items.forEach(function (conv) { els.list.appendChild(buildConversationItem(conv)); });
+    els.listEmpty.hidden = items.length > 0;
+    els.listEmpty.textContent = els.search.value.trim() ? "No conversation matches." : "No conversations yet.";
+  }
+
+  function setTitle(id, title) {
+    if (!title) return;
+    var item = conversationItem(id);
+    if (item) item.querySelector(".conversation-link").textContent = title;
+    if (id === state.conversation) {
+      els.title.textContent = title;
+      document.title = title + " · Chat Studio";
+    }
+  }
+
+  function touchConversation(id, title) {
+    var item = conversationItem(id);
+    if (!item && !els.search.value.trim()) {
+      item = buildConversationItem({ id: id, title: title || "New chat" });
+    }
+    if (item) {
+      els.list.insertBefore(item, els.list.firstChild);
+      els.listEmpty.hidden = true;
+    }
+    var items = els.list.querySelectorAll(".conversation-item");
+    for (var i = 0; i < items.length; i++) {
+      items[i].classList.toggle("active", Number(items[i].getAttribute("data-conversation-id")) === state.conversation);
+    }
+    setTitle(id, title);
+  }
+
+  var searchTimer = null;
+  var searchSerial = 0;
+  els.search.addEventListener("input", function () {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(runSearch, 250);
+  });
+
+  function runSearch() {
+    var serial = ++searchSerial;
+    var q = els.search.value.trim();
+    fetch("/api/conversations/?q=" + encodeURIComponent(q), { credentials: "same-origin" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("Search failed (HTTP " + response.status + ").");
+        return response.json();
+      })
+      .then(function (data) {
+        if (serial !== searchSerial) return;  // a newer search is on its way
+        renderConversationList(data.conversations || []);
+      })
+      .catch(function (error) { showError(error.message); });
+  }
+
+  function startRename(item) {
+    if (item.querySelector(".rename-input")) return;
+    var link = item.querySelector(".conversation-link");
+    var id = Number(item.getAttribute("data-conversation-id"));
+    var input = document.createElement("input");
+    input.type = "text";
+    input.className = "rename-input";
+    input.setAttribute("data-testid", "rename-input");
+    input.setAttribute("aria-label", "New title");
+    input.maxLength = 200;
+    input.value = link.textContent;
+    link.hidden = true;
+    item.insertBefore(input, link);
+    input.focus();
+    input.select();
+    var done = false;
+    function finish(save) {
+      if (done) return;
+      done = true;
+      var title = input.value.trim();
+      input.remove();
+      link.hidden = false;
+      if (!save || !title || title === link.textContent) return;
+      postJSON("/api/conversations/" + id + "/", { title: title }).then(function (result) {
+        if (!result.ok) { showError(errorsText(result.data.errors)); return; }
+        setTitle(id, result.data.conversation.title);
+      }).catch(function () { showError("Could not rename the conversation (network error)."); });
+    }
+    input.addEventListener("keydown", function (event) {
+      if (event.key === "Enter") { event.preventDefault(); finish(true); }
+      else if (event.key === "Escape") { event.preventDefault(); finish(false); }
+    });
+    input.addEventListener("blur", function () { finish(true); });
+  }
+
+  function deleteConversation(item) {
+    var id = Number(item.getAttribute("data-conversation-id"));
+    var title = item.querySelector(".conversation-link").textContent;
+    if (!window.confirm('Delete "' + title + '"? This cannot be undone.')) return;
+    postJSON("/api/conversations/" + id + "/delete/", {}).then(function (result) {
+      if (!result.ok) { showError(errorsText(result.data.errors) || "Could not delete it."); return; }
+      if (id === state.conversation) { window.location.href = "/"; return; }
+      item.remove();
+      els.listEmpty.hidden = els.list.children.length > 0;
+    }).catch(function () { showError("Could not delete the conversation (network error)."); });
+  }
+
+  els.list.addEventListener("click", function (event) {
+    var button = event.target.closest("button");
+    if (!button) return;
+    var item = button.closest(".conversation-item");
+    if (!item) return;
+    if (button.classList.contains("rename")) startRename(item);
+    else if (button.classList.contains("delete")) deleteConversation(item);
+  });
+
+  function setSidebar(open) {
+    document.body.classList.toggle("sidebar-open", open);
+    els.sidebarToggle.setAttribute("aria-expanded", open ? "true" : "false");
+    els.backdrop.hidden = !open;
+  }
+
+  els.sidebarToggle.addEventListener("click", function () {
+    setSidebar(!document.body.classList.contains("sidebar-open"));
+  });
+  els.backdrop.addEventListener("click", function () { setSidebar(false); });
+
+  // ---------------------------------------------------------------- settings
+
+  els.settingsToggle.addEventListener("click", function () {
+    var open = els.settingsPanel.hidden;
+    els.settingsPanel.hidden = !open;
+    els.settingsToggle.setAttribute("aria-expanded", open ? "true" : "false");
+  });
+
+  function settingsValues() {
+    return {
+      model: els.modelSelect.value,
+      system_prompt: els.systemPrompt.value,
+      temperature: els.temperature.value.trim() === "" ? null : els.temperature.value.trim(),
+      top_p: els.topP.value.trim() === "" ? null : els.topP.value.trim(),
+      max_tokens: els.maxTokens.value.trim() === "" ? null : els.maxTokens.value.trim(),
+    };
+  }
+
+  function showSettingsError(text) {
+    els.settingsError.textContent = text;
+    els.settingsError.hidden = !text;
+  }
+
+  function saveSettings(values) {
+    els.settingsStatus.textContent = "Saving…";
+    return postJSON("/api/conversations/" + state.conversation + "/", values).then(function (result) {
+      if (!result.ok) {
+        els.settingsStatus.textContent = "";
+        showSettingsError(errorsText(result.data.errors));
+        return false;
+      }
+      showSettingsError("");
+      els.settingsStatus.textContent = "Saved.";
+      return true;
+    }).catch(function () {
+      els.settingsStatus.textContent = "";
+      showSettingsError("Could not save the settings (network error).");
+      return false;
+    });
+  }
+
+  els.settingsForm.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var values = settingsValues();
+    var problem = validateSettings(values);
+    if (problem) { showSettingsError(problem); return; }
+    if (state.conversation) {
+      saveSettings(values);
+    } else {
+      state.pendingSettings = values;
+      showSettingsError("");
+      els.settingsStatus.textContent = "Will be saved with the conversation.";
+    }
+  });
+
+  function validateSettings(values) {
+    // The server checks again; this only catches what the browser can see.
+    if (values.temperature !== null && isNaN(Number(values.temperature))) return "temperature must be a number.";
+    if (values.top_p !== null && isNaN(Number(values.top_p))) return "top_p must be a number.";
+    if (values.max_tokens !== null && !/^\d+$/.test(values.max_tokens)) return "max_tokens must be a whole number.";
+    return "";
+  }
+
+  function sendParams() {
+    var values = settingsValues();
+    var params = {};
+    if (values.temperature !== null && !isNaN(Number(values.temperature))) params.temperature = Number(values.temperature);
+    if (values.top_p !== null && !isNaN(Number(values.top_p))) params.top_p = Number(values.top_p);
+    if (values.max_tokens !== null && /^\d+$/.test(values.max_tokens)) params.max_tokens = Number(values.max_tokens);
+    return params;
+  }
+
+  // ---------------------------------------------------------------- socket
+
+  function socketUrl() {
+    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    return scheme + window.location.host + (config.wsPath || "/ws/chat/");
+  }
+
+  function setConnection(stateName, text) {
+    els.connection.setAttribute("data-state", stateName);
+    els.connection.textContent = text;
+  }
+
+  /** Send now, or queue until the socket is open; true when it went out now. */
+  function transmit(frame) {
+    if (state.socket && state.socket.readyState === WebSocket.OPEN) {
+      state.socket.send(JSON.stringify(frame));
+      return true;
+    }
+    state.outbox.push(frame);
+    return false;
+  }
+
+  function connect() {
+    state.reconnectTimer = null;
+    setConnection("connecting", state.everConnected ? "Reconnecting…" : "Connecting…");
+    var socket;
+    try {
+      socket = new WebSocket(socketUrl());
+    } catch (error) {
+      scheduleReconnect();
+      return;
+    }
+    state.socket = socket;
+    socket.addEventListener("open", function () {
+      var reconnected = state.everConnected;
+      state.everConnected = true;
+      state.backoff = 500;
+      setConnection("open", "");
+      if (state.generating) {
+        // Replay whatever was missed while the socket was down, then keep streaming.
+        var after = reconnected ? state.lastSeq[state.generating] || 0 : 0;
+        socket.send(JSON.stringify({ type: "chat.resume", message: state.generating, after: after }));
+      }
+      var queued = state.outbox;
+      state.outbox = [];
+      queued.forEach(function (frame) { socket.send(JSON.stringify(frame)); });
+      if (state.pending) state.pending.sent = true;
+    });
+    socket.addEventListener("message", function (event) {
+      var frame;
+      try { frame = JSON.parse(event.data); } catch (error) { return; }
+      if (frame && typeof frame === "object") handleFrame(frame);
+    });
+    socket.addEventListener("close", function (event) {
+      if (state.socket !== socket) return;
+      state.socket = null;
+      if (state.pending && state.pending.sent) {
+        // The server may or may not have started it; the page cannot tell which reply is ours.
+        state.pending = null;
+        showError("The connection dropped before the reply started. Reload the page to see whether it was sent.");
+        updateControls();
+      }
+      if (event.code === 4401) {
+        state.stopReconnecting = true;
+        setConnection("closed", "");
+        showError("Your session has ended. Reload the page to log in again.");
+        return;
+      }
+      scheduleReconnect();
+    });
+  }
+
+  function scheduleReconnect() {
+    if (state.stopReconnecting || state.reconnectTimer) return;
+    var delay = state.backoff;
+    state.backoff = Math.min(state.backoff * 2, 5000);
+    setConnection("closed", "Connection lost, reconnecting…");
+    state.reconnectTimer = setTimeout(connect, delay);
+  }
+
+  function handleFrame(frame) {
+    switch (frame.type) {
+      case "chat.started": onStarted(frame); break;
+      case "chat.delta": appendDelta(frame); break;
+      case "chat.done": finishMessage(frame); break;
+      case "chat.error": onError(frame); break;
+      default: break;
+    }
+  }
+
+  function onStarted(frame) {
+    var pending = state.pending;
+    state.pending = null;
+    var wasNew = !state.conversation;
+    if (wasNew) {
+      state.conversation = frame.conversation;
+      config.conversation = frame.conversation;
+      window.history.replaceState(null, "", "/c/" + Number(frame.conversation) + "/");
+      if (state.pendingSettings) {
+        var values = state.pendingSettings;
+        state.pendingSettings = null;
+        saveSettings(values);
+      } else if (els.systemPrompt.value.trim()) {
+        saveSettings(settingsValues());
+      }
+    } else if (frame.conversation !== state.conversation) {
+      return;  // another tab's conversation: not shown here
+    }
+    touchConversation(frame.conversation, frame.title);
+
+    if (pending && pending.kind === "regenerate") {
+      var old = messageElement(pending.replaces);
+      if (old && Number(frame.message) !== pending.replaces) old.remove();
+    }
+    if (frame.user_message != null && !messageElement(frame.user_message)) {
+      var user = createMessage(frame.user_message, "user");
+      // Plain text until the page is reloaded (the server renders the Markdown then).
+      bodyOf(user).textContent = pending && pending.content != null ? pending.content : "";
+    }
+    var assistant = messageElement(frame.message);
+    if (assistant) {
+      clearStreamedText(assistant);
+    } else {
+      assistant = createMessage(frame.message, "assistant", modelName(frame.model));
+    }
+    setGeneratingLook(assistant);
+    state.lastSeq[frame.message] = 0;
+    state.generating = Number(frame.message);
+    state.stickToBottom = true;
+    scrollToBottom(true);
+    updateControls();
+  }
+
+  function onError(frame) {
+    showError(frame.message || frame.code || "The request was refused.");
+    if (state.pending) {
+      var pending = state.pending;
+      state.pending = null;
+      if (pending.kind === "send" && !els.input.value) els.input.value = pending.content;
+    }
+    if (frame.code === "not_found" && frame.message_id != null && frame.message_id === state.generating) {
+      state.generating = null;
+    }
+    updateControls();
+  }
+
+  // ---------------------------------------------------------------- actions
+
+  function send() {
+    var content = els.input.value;
+    if (!content.trim() || state.generating || state.pending) return;
+    if (config.maxMessageChars && content.length > config.maxMessageChars) {
+      showError("The message is longer than " + config.maxMessageChars + " characters.");
+      return;
+    }
+    hideError();
+    var frame = { type: "chat.send", conversation: state.conversation || null, content: content };
+    if (els.modelSelect.value) frame.model = els.modelSelect.value;
+    var params = sendParams();
+    if (Object.keys(params).length) frame.params = params;
+    state.pending = { kind: "send", content: content };
+    els.input.value = "";
+    autosize();
+    state.pending.sent = transmit(frame);
+    updateControls();
+  }
+
+  function regenerate(messageId) {
+    if (state.generating || state.pending) return;
+    hideError();
+    state.pending = { kind: "regenerate", replaces: messageId };
+    state.pending.sent = transmit({ type: "chat.regenerate", message: messageId });
+    updateControls();
+  }
+
+  els.composer.addEventListener("submit", function (event) {
+    event.preventDefault();
+    send();
+  });
+
+  els.input.addEventListener("keydown", function (event) {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      send();
+    }
+  });
+
+  function autosize() {
+    els.input.style.height = "auto";
+    els.input.style.height = Math.min(els.input.scrollHeight, 240) + "px";
+  }
+  els.input.addEventListener("input", autosize);
+
+  els.stop.addEventListener("click", function () {
+    if (state.generating) transmit({ type: "chat.stop", message: state.generating });
+  });
+
+  els.bannerClose.addEventListener("click", hideError);
+
+  // ---------------------------------------------------------------- start
+
+  if (config.maxMessageChars) els.input.maxLength = config.maxMessageChars;
+  if (config.activeMessage) {
+    // A reply was still generating when the page loaded: replay it from the start.
+    var active = messageElement(config.activeMessage);
+    if (active) {
+      clearStreamedText(active);
+      setGeneratingLook(active);
+    }
+    state.generating = Number(config.activeMessage);
+    state.lastSeq[state.generating] = 0;
+  }
+  updateControls();
+  scrollToBottom(true);
+  connect();
+})();

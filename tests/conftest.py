@@ -1,0 +1,143 @@
+"""Shared fixtures: named users, a tiny random-weight model, an in-process inference worker.
+
+Redis is real (REDIS_URL, default db 15 set by `make test`); the database is SQLite or, when
+DATABASE_URL says so, PostgreSQL. The tiny model is built once per machine under
+var/test-models (its tokenizer is the packaged default model's, with its chat template).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_MODEL_DIR = REPO / "var" / "test-models"
+TINY_DIR = TEST_MODEL_DIR / "tiny-llama"
+
+
+@pytest.fixture(autouse=True)
+def _fast_settings(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.MODEL_DIR = TEST_MODEL_DIR
+    settings.INFERENCE_HEARTBEAT_TTL_S = 3
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_redis():
+    """Tests share one Redis database; start from an empty one (never db 0 by accident)."""
+    import redis
+
+    url = settings.REDIS_URL
+    assert not url.rstrip("/").endswith(":6379") and not url.endswith("/0"), (
+        "Tests flush their Redis database: set REDIS_URL to a dedicated db, e.g. redis://127.0.0.1:6379/15 "
+        "(make test does)."
+    )
+    redis.Redis.from_url(url).flushdb()
+
+
+def build_tiny_model(target: Path) -> Path:
+    """A 2-layer Llama with random weights and the default model's tokenizer (fast to run)."""
+    if (target / "model.safetensors").exists():
+        return target
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from chat.loading import install_packaged_model
+
+    tokenizer = AutoTokenizer.from_pretrained(install_packaged_model(TEST_MODEL_DIR))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    tmp = target.with_name(target.name + f".tmp-{uuid.uuid4().hex[:6]}")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    return build_tiny_model(TINY_DIR)
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice", password="alice-pass-123")
+
+
+@pytest.fixture
+def bob(django_user_model):
+    return django_user_model.objects.create_user("bob", password="bob-pass-123")
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir):
+    from chat.models import LanguageModel
+
+    return LanguageModel.objects.create(
+        name="Tiny",
+        slug="tiny",
+        source=LanguageModel.Source.LOCAL,
+        location=str(tiny_model_dir),
+        dtype="float32",
+        temperature=0.0,
+        max_tokens=24,
+        max_new_tokens_cap=256,
+        max_input_tokens=512,
+        is_default=True,
+    )
+
+
+class WorkerThread:
+    """The real InferenceWorker, run in a thread of the test process (same code path)."""
+
+    def __init__(self, worker_id: str) -> None:
+        from chat.worker import InferenceWorker
+
+        self.worker = InferenceWorker(worker_id=worker_id)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        try:
+            self.worker.run()
+        finally:
+            connection.close()
+
+    def start(self) -> WorkerThread:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.thread.join(timeout=15)
+        assert not self.thread.is_alive(), "the inference worker did not stop"
+
+
+@pytest.fixture
+def worker(tiny_model):
+    """A running in-process inference worker serving the tiny model."""
+    thread = WorkerThread(f"test-{uuid.uuid4().hex[:8]}").start()
+    yield thread.worker
+    thread.stop()

@@ -1,0 +1,120 @@
+"""The chat websocket end to end through a real inference worker (tiny model) and real Redis."""
+
+import pytest
+from channels.db import database_sync_to_async
+
+from chat.models import Conversation, Message
+
+from .socket_client import connect, receive, send, until_done
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_a_message_streams_back_in_deltas_and_is_stored(alice, worker):
+    ws, ok = await connect(alice)
+    assert ok
+    await send(ws, {"type": "chat.send", "conversation": None, "content": "Hello there", "params": {"max_tokens": 20}})
+    started = await receive(ws)
+    assert started["type"] == "chat.started" and started["model"] == "tiny"
+    deltas, done = await until_done(ws, started["message"])
+    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1))
+    assert done["finish_reason"] in ("stop", "length")
+    reply = await database_sync_to_async(Message.objects.get)(pk=started["message"])
+    assert reply.content == "".join(d["text"] for d in deltas)
+    assert reply.status == Message.Status.COMPLETE
+    assert reply.completion_tokens and reply.completion_tokens <= 20
+    assert reply.prompt_tokens > 0 and reply.ttft_ms is not None
+    assert reply.params == {"temperature": 0.0, "top_p": 0.9, "max_tokens": 20}
+    assert done["usage"]["completion_tokens"] == reply.completion_tokens
+    assert "<script" not in done["html"]
+    conversation = await database_sync_to_async(Conversation.objects.get)(pk=started["conversation"])
+    assert conversation.title == "Hello there"
+    await ws.disconnect()
+
+
+async def test_a_second_message_continues_the_same_conversation(alice, worker):
+    ws, _ = await connect(alice)
+    await send(ws, {"type": "chat.send", "conversation": None, "content": "one", "params": {"max_tokens": 4}})
+    first = await receive(ws)
+    await until_done(ws, first["message"])
+    await send(ws, {"type": "chat.send", "conversation": first["conversation"], "content": "two", "params": {"max_tokens": 4}})
+    second = await receive(ws)
+    assert second["conversation"] == first["conversation"]
+    await until_done(ws, second["message"])
+    count = await database_sync_to_async(Message.objects.filter(conversation_id=first["conversation"]).count)()
+    assert count == 4
+    await ws.disconnect()
+
+
+async def test_stop_ends_the_reply_and_keeps_the_partial_text(alice, worker):
+    ws, _ = await connect(alice)
+    await send(ws, {"type": "chat.send", "content": "Talk for a long time", "params": {"max_tokens": 250}})
+    started = await receive(ws)
+    first = await receive(ws)
+    assert first["type"] == "chat.delta"
+    await send(ws, {"type": "chat.stop", "message": started["message"]})
+    deltas, done = await until_done(ws, started["message"])
+    assert done["finish_reason"] == "cancelled"
+    reply = await database_sync_to_async(Message.objects.get)(pk=started["message"])
+    assert reply.status == Message.Status.STOPPED
+    assert reply.content == first["text"] + "".join(d["text"] for d in deltas)
+    assert reply.completion_tokens < 250
+    await ws.disconnect()
+
+
+async def test_resume_replays_from_the_given_seq(alice, worker):
+    ws, _ = await connect(alice)
+    await send(ws, {"type": "chat.send", "content": "Tell me something", "params": {"max_tokens": 30}})
+    started = await receive(ws)
+    deltas, done = await until_done(ws, started["message"])
+    await ws.disconnect()
+    assert len(deltas) >= 2
+
+    again, _ = await connect(alice)
+    await send(again, {"type": "chat.resume", "message": started["message"], "after": 1})
+    replayed, replay_done = await until_done(again, started["message"])
+    assert [d["seq"] for d in replayed] == [d["seq"] for d in deltas[1:]]
+    assert "".join(d["text"] for d in deltas[:1] + replayed) == "".join(d["text"] for d in deltas)
+    assert replay_done["finish_reason"] == done["finish_reason"]
+    await again.disconnect()
+
+
+async def test_regenerate_replaces_the_latest_reply(alice, worker):
+    ws, _ = await connect(alice)
+    await send(ws, {"type": "chat.send", "content": "Hi", "params": {"max_tokens": 5}})
+    started = await receive(ws)
+    await until_done(ws, started["message"])
+    await send(ws, {"type": "chat.regenerate", "message": started["message"]})
+    regenerated = await receive(ws)
+    assert regenerated["type"] == "chat.started"
+    assert regenerated["user_message"] == started["user_message"]
+    assert regenerated["message"] != started["message"]
+    await until_done(ws, regenerated["message"])
+    exists = await database_sync_to_async(Message.objects.filter(pk=started["message"]).exists)()
+    assert not exists
+    await ws.disconnect()
+
+
+async def test_a_second_send_while_generating_is_refused_as_busy(alice, worker):
+    ws, _ = await connect(alice)
+    await send(ws, {"type": "chat.send", "content": "long", "params": {"max_tokens": 200}})
+    started = await receive(ws)
+    await send(ws, {"type": "chat.send", "conversation": started["conversation"], "content": "again"})
+    frame = await receive(ws)
+    while frame["type"] == "chat.delta":
+        frame = await receive(ws)
+    assert frame["type"] == "chat.error" and frame["code"] == "busy"
+    await send(ws, {"type": "chat.stop", "message": started["message"]})
+    await until_done(ws, started["message"])
+    await ws.disconnect()
+
+
+async def test_a_queued_reply_with_no_worker_fails_with_a_clear_error(alice, tiny_model, settings):
+    settings.INFERENCE_QUEUE_TIMEOUT_S = 1
+    ws, _ = await connect(alice)
+    await send(ws, {"type": "chat.send", "content": "anyone there?"})
+    started = await receive(ws)
+    _, done = await until_done(ws, started["message"], timeout=20)
+    assert done["finish_reason"] == "error"
+    assert "No inference worker is running" in done["error"]
+    await ws.disconnect()
