@@ -124,7 +124,13 @@ def async_client() -> aredis.Redis:
 
 
 async def enqueue(request: dict) -> None:
-    await async_client().rpush(QUEUE_KEY, json.dumps(request))
+    """Queue a reply for the workers, clearing any stream or stop marker left under its id
+    (ids can repeat when a database is recreated while Redis keeps running)."""
+    message_id = request["message"]
+    pipe = async_client().pipeline(transaction=True)
+    pipe.delete(stream_key(message_id), stop_key(message_id))
+    pipe.rpush(QUEUE_KEY, json.dumps(request))
+    await pipe.execute()
 
 
 async def request_stop(message_id: int) -> None:

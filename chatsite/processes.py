@@ -121,9 +121,7 @@ class ProcessGroup:
                 log_file.close()  # the child holds its own descriptor
         child = Child(name=name, argv=list(argv), process=process, log_path=log_path)
         if log_path is None:
-            child._reader = threading.Thread(
-                target=self._forward, args=(child,), name=f"output-{name}", daemon=True
-            )
+            child._reader = threading.Thread(target=self._forward, args=(child,), name=f"output-{name}", daemon=True)
             child._reader.start()
         self.children[name] = child
         return child

