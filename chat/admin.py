@@ -16,7 +16,16 @@ class LanguageModelAdmin(admin.ModelAdmin):
         ("Source", {"fields": ("source", "location", "device", "dtype")}),
         (
             "Generation",
-            {"fields": ("system_prompt", "temperature", "top_p", "max_tokens", "max_new_tokens_cap", "max_input_tokens")},
+            {
+                "fields": (
+                    "system_prompt",
+                    "temperature",
+                    "top_p",
+                    "max_tokens",
+                    "max_new_tokens_cap",
+                    "max_input_tokens",
+                )
+            },
         ),
     )
 
@@ -36,7 +45,9 @@ class LanguageModelAdmin(admin.ModelAdmin):
     @admin.action(description="Disable the selected models")
     def disable(self, request, queryset):
         if queryset.filter(is_default=True).exists():
-            self.message_user(request, "The default model cannot be disabled; make another the default first.", level="error")
+            self.message_user(
+                request, "The default model cannot be disabled; make another the default first.", level="error"
+            )
             return
         count = queryset.update(enabled=False)
         self.message_user(request, f"Disabled {count} model(s).")
@@ -75,7 +86,19 @@ class ConversationAdmin(ReadOnlyAdmin):
 
 @admin.register(Message)
 class MessageAdmin(ReadOnlyAdmin):
-    list_display = ("id", "conversation", "role", "status", "finish_reason", "model", "completion_tokens", "ttft_ms", "tokens_per_s", "worker", "created_at")
+    list_display = (
+        "id",
+        "conversation",
+        "role",
+        "status",
+        "finish_reason",
+        "model",
+        "completion_tokens",
+        "ttft_ms",
+        "tokens_per_s",
+        "worker",
+        "created_at",
+    )
     list_select_related = ("conversation", "model")
     list_filter = ("role", "status", "finish_reason", "model")
     search_fields = ("content", "conversation__title", "conversation__user__username")

@@ -14,8 +14,9 @@ import time
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from redis.exceptions import RedisError
 
-from . import reaper, replies, streams, turns
+from . import ratelimit, reaper, replies, streams, turns
 from .models import Message
 
 logger = logging.getLogger(__name__)
@@ -59,9 +60,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "unknown_type", "Unknown frame type; use chat.send, chat.stop, chat.regenerate or chat.resume."
             )
         try:
+            if handler in (self.on_send, self.on_regenerate):
+                await self.check_rate()
             await handler(frame)
         except turns.TurnError as exc:
             await self.error(exc.code, exc.message, frame.get("message"))
+        except RedisError:
+            logger.exception("Redis unavailable")
+            await self.error(
+                "unavailable", "The chat service is briefly unavailable (its Redis is down). Retry in a few seconds."
+            )
+
+    async def check_rate(self) -> None:
+        wait = await ratelimit.retry_after(self.user.pk)
+        if wait is not None:
+            raise turns.TurnError(
+                "rate_limited",
+                f"You are sending messages too fast (limit {settings.CHAT_RATE_LIMIT} per "
+                f"{settings.CHAT_RATE_WINDOW_S} s). Retry in {wait} s.",
+            )
 
     # --- handlers ------------------------------------------------------------------------------
     async def on_send(self, frame: dict) -> None:
@@ -88,7 +105,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- streaming -----------------------------------------------------------------------------
     async def start(self, turn: turns.Turn) -> None:
-        await streams.enqueue(turn.request)
+        try:
+            await streams.enqueue(turn.request)
+        except RedisError:
+            # Nothing half-saved: the stored reply is failed with the reason, not left queued.
+            await database_sync_to_async(replies.finish)(
+                turn.reply.pk,
+                content="",
+                finish_reason="error",
+                next_seq=1,
+                error="The reply could not be queued (Redis is down). Send the message again in a few seconds.",
+            )
+            raise
         await self.send_json(turn.started_frame())
         self.forward(turn.reply.pk, 0)
 
@@ -105,24 +133,35 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # is settled at once on resume.
         quiet_since = time.monotonic() - IDLE_CHECK_MS / 1000
         block_ms = None
+        failures = 0
         try:
             while True:
-                entries = await streams.read_after(message_id, last, block_ms)
-                block_ms = IDLE_CHECK_MS
-                for seq, kind, data in entries:
-                    last = seq
-                    if kind == "done":
-                        await self.send_json(data)
-                        return
-                    await self.send_json({"type": "chat.delta", "message": message_id, "seq": seq, "text": data["text"]})
-                if entries:
-                    quiet_since = time.monotonic()
-                elif time.monotonic() - quiet_since >= IDLE_CHECK_MS / 1000:
-                    done = await database_sync_to_async(_settle)(message_id)
-                    if done is not None:
-                        await self.send_json(done)
-                        return
-                    quiet_since = time.monotonic()
+                try:
+                    entries = await streams.read_after(message_id, last, block_ms)
+                    block_ms = IDLE_CHECK_MS
+                    for seq, kind, data in entries:
+                        last = seq
+                        if kind == "done":
+                            await self.send_json(data)
+                            return
+                        await self.send_json(
+                            {"type": "chat.delta", "message": message_id, "seq": seq, "text": data["text"]}
+                        )
+                    if entries:
+                        quiet_since = time.monotonic()
+                    elif time.monotonic() - quiet_since >= IDLE_CHECK_MS / 1000:
+                        done = await database_sync_to_async(_settle)(message_id)
+                        if done is not None:
+                            await self.send_json(done)
+                            return
+                        quiet_since = time.monotonic()
+                    failures = 0
+                except RedisError:
+                    # Redis restarting: retry for about half a minute, then tell the client.
+                    failures += 1
+                    if failures > 30:
+                        raise
+                    await asyncio.sleep(1)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -144,8 +183,15 @@ def _settle(message_id: int) -> dict | None:
     expired or was reaped meanwhile), return its done frame from the database."""
     message = Message.objects.filter(pk=message_id).first()
     if message is None:
-        return {"type": "chat.done", "message": message_id, "finish_reason": "error", "usage": {}, "html": "",
-                "timing": {}, "error": "This reply was deleted."}
+        return {
+            "type": "chat.done",
+            "message": message_id,
+            "finish_reason": "error",
+            "usage": {},
+            "html": "",
+            "timing": {},
+            "error": "This reply was deleted.",
+        }
     if message.is_active:
         if not reaper.reap_message(message):
             return None

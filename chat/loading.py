@@ -134,7 +134,9 @@ def _fastest_cpu_dtype():
             a @ b
         timings[dtype] = time.perf_counter() - started
     _measured_cpu_dtype = min(timings, key=timings.get)
-    logger.info("CPU dtype by measurement: %s (%s)", _measured_cpu_dtype, {str(k): round(v, 4) for k, v in timings.items()})
+    logger.info(
+        "CPU dtype by measurement: %s (%s)", _measured_cpu_dtype, {str(k): round(v, 4) for k, v in timings.items()}
+    )
     return _measured_cpu_dtype
 
 
@@ -166,5 +168,7 @@ def load_model(spec: ModelSpec, model_dir: Path):
         raise ModelLoadError(f"Model {spec.slug!r} has no chat template in its tokenizer; pick an instruct model.")
     model.to(device).eval()
     torch.set_grad_enabled(False)
-    logger.info("Loaded %s from %s on %s as %s in %.1f s", spec.slug, location, device, dtype, time.monotonic() - started)
+    logger.info(
+        "Loaded %s from %s on %s as %s in %.1f s", spec.slug, location, device, dtype, time.monotonic() - started
+    )
     return model, tokenizer

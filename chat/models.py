@@ -40,7 +40,8 @@ class LanguageModel(models.Model):
     )
     dtype = models.CharField(max_length=16, choices=Dtype.choices, default=Dtype.AUTO)
     temperature = models.FloatField(
-        default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)],
+        default=0.7,
+        validators=[MinValueValidator(0.0), MaxValueValidator(2.0)],
         help_text="Default sampling temperature; 0 means greedy.",
     )
     top_p = models.FloatField(default=0.9, validators=[MinValueValidator(0.01), MaxValueValidator(1.0)])

@@ -18,8 +18,11 @@ from .models import Conversation, Message
 
 logger = logging.getLogger(__name__)
 
-INTERRUPTED_TEXT = "The inference worker running this reply stopped. The partial reply is kept; regenerate to try again."
+INTERRUPTED_TEXT = (
+    "The inference worker running this reply stopped. The partial reply is kept; regenerate to try again."
+)
 NO_WORKER_TEXT = "No inference worker is running, so this reply could not start. Start one (make run does) and retry."
+LOST_TEXT = "This request was lost before a worker took it (Redis restarted). Send it again."
 
 
 def _partial(message_id: int) -> tuple[str, int]:
@@ -37,16 +40,32 @@ def reap_message(message: Message) -> bool:
     if message.status == Message.Status.GENERATING:
         if streams.worker_alive(message.worker):
             return False
+        if streams.redis_uptime_s() <= settings.INFERENCE_HEARTBEAT_TTL_S:
+            return False  # Redis just restarted: live workers have not re-sent their heartbeat yet
         content, next_seq = _partial(message.pk)
         logger.warning("Reaping reply %s: worker %s is gone", message.pk, message.worker)
-        return replies.finish(
-            message.pk, content=content, finish_reason="interrupted", next_seq=next_seq, error=INTERRUPTED_TEXT
-        ) is not None
+        return (
+            replies.finish(
+                message.pk, content=content, finish_reason="interrupted", next_seq=next_seq, error=INTERRUPTED_TEXT
+            )
+            is not None
+        )
     if message.status == Message.Status.QUEUED:
         waited = timezone.now() - message.created_at
-        if waited < timedelta(seconds=settings.INFERENCE_QUEUE_TIMEOUT_S) or streams.live_workers():
+        if waited < timedelta(seconds=settings.INFERENCE_QUEUE_TIMEOUT_S):
             return False
-        return replies.finish(message.pk, content="", finish_reason="error", next_seq=1, error=NO_WORKER_TEXT) is not None
+        if not streams.live_workers():
+            error = NO_WORKER_TEXT
+        elif message.pk not in streams.queued_message_ids():
+            # Workers are alive but the request is in no queue: it was lost with a Redis restart
+            # (or popped by a worker that died before claiming it).
+            message.refresh_from_db(fields=["status"])
+            if message.status != Message.Status.QUEUED:
+                return False
+            error = LOST_TEXT
+        else:
+            return False  # still waiting its turn
+        return replies.finish(message.pk, content="", finish_reason="error", next_seq=1, error=error) is not None
     return False
 
 

@@ -8,12 +8,43 @@ from bleach.linkifier import LinkifyFilter
 
 ALLOWED_TAGS = frozenset(
     {
-        "p", "br", "hr", "strong", "em", "b", "i", "del", "code", "pre", "blockquote",
-        "ul", "ol", "li", "a", "h1", "h2", "h3", "h4", "h5", "h6",
-        "table", "thead", "tbody", "tr", "th", "td", "span",
+        "p",
+        "br",
+        "hr",
+        "strong",
+        "em",
+        "b",
+        "i",
+        "del",
+        "code",
+        "pre",
+        "blockquote",
+        "ul",
+        "ol",
+        "li",
+        "a",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "table",
+        "thead",
+        "tbody",
+        "tr",
+        "th",
+        "td",
+        "span",
     }
 )
-ALLOWED_ATTRIBUTES = {"a": ["href", "title", "rel"], "code": ["class"], "span": ["class"], "th": ["align"], "td": ["align"]}
+ALLOWED_ATTRIBUTES = {
+    "a": ["href", "title", "rel"],
+    "code": ["class"],
+    "span": ["class"],
+    "th": ["align"],
+    "td": ["align"],
+}
 ALLOWED_PROTOCOLS = frozenset({"http", "https", "mailto"})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.db import transaction
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from . import streams
 from .models import Conversation, Message
@@ -78,10 +79,12 @@ def finish(
         message = Message.objects.select_related("conversation").get(pk=message_id)
         Conversation.objects.filter(pk=message.conversation_id).update(updated_at=timezone.now())
     payload = done_payload(message)
-    pipe = streams.client().pipeline()
-    streams.append(pipe, message_id, next_seq, "done", payload)
     try:
+        pipe = streams.client().pipeline()
+        streams.append(pipe, message_id, next_seq, "done", payload)
         pipe.execute()
-    except Exception:  # an id clash means a done entry exists already; the database is the truth
+    except RedisError:
+        # Redis down, or an id clash (a done entry exists already): the database is the truth,
+        # and a client that resumes gets this done frame from it.
         pass
     return payload

@@ -103,6 +103,15 @@ def worker_alive(worker_id: str) -> bool:
     return bool(worker_id) and bool(client().exists(worker_key(worker_id)))
 
 
+def redis_uptime_s() -> int:
+    """Seconds since the Redis server started: heartbeats are only meaningful after a TTL."""
+    return int(client().info("server").get("uptime_in_seconds", 0))
+
+
+def queued_message_ids() -> set[int]:
+    return {json.loads(item)["message"] for item in client().lrange(QUEUE_KEY, 0, -1)}
+
+
 def live_workers() -> list[str]:
     return [k.decode().split(":", 2)[2] for k in client().scan_iter(match=worker_key("*"), count=100)]
 

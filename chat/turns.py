@@ -111,9 +111,7 @@ def _check_params(params, model: LanguageModel, conversation: Conversation | Non
 def owned_message(user, message_id) -> Message:
     message_id = _check_id(message_id, "message")
     message = (
-        Message.objects.select_related("conversation", "model")
-        .filter(pk=message_id, conversation__user=user)
-        .first()
+        Message.objects.select_related("conversation", "model").filter(pk=message_id, conversation__user=user).first()
     )
     if message is None:
         raise TurnError("not_found", "There is no such message in your conversations.")
@@ -201,7 +199,9 @@ def regenerate(user, message_id) -> Turn:
         user_message = conversation.messages.filter(role=Message.Role.USER, id__lt=message.pk).order_by("-id").first()
         if user_message is None:
             raise TurnError("not_regenerable", "There is no user message to answer again.")
-        model = _check_model(None, conversation) if message.model is None or not message.model.enabled else message.model
+        model = (
+            _check_model(None, conversation) if message.model is None or not message.model.enabled else message.model
+        )
         params = message.params or _check_params(None, model, conversation)
         message.delete()
         reply = Message.objects.create(

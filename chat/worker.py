@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import close_old_connections
+from redis.exceptions import RedisError
 
 from . import reaper, replies, streams
 from .engine import BatchEngine, GenerationRequest
@@ -73,27 +74,37 @@ class InferenceWorker:
         self.stopping.set()
 
     def run_once(self) -> None:
-        busy = any(engine.has_work for engine in self.engines.values())
-        if busy:
-            requests = streams.pop_requests(self.max_batch)
-        else:
-            first = streams.wait_request(timeout=1.0)
-            requests = [first] if first else []
-            if first:
-                requests += streams.pop_requests(self.max_batch)
+        requests = self._pull_requests()
         if requests:
             close_old_connections()
         for request in requests:
             self.admit(request)
-        for _slug, engine in list(self.engines.items()):
+        for engine in list(self.engines.values()):
             if engine.has_work:
                 for event in engine.step():
                     self._on_event(event)
-        self._flush(force=False)
-        if time.monotonic() - self._last_reap > REAP_INTERVAL_S:
-            self._last_reap = time.monotonic()
-            close_old_connections()
-            reaper.reap_all()
+        try:
+            self._flush(force=False)
+            if time.monotonic() - self._last_reap > REAP_INTERVAL_S:
+                self._last_reap = time.monotonic()
+                close_old_connections()
+                reaper.reap_all()
+        except RedisError as exc:
+            # Redis restarting: keep generating; deltas wait in memory until it is back.
+            logger.warning("Redis unavailable (%s); will retry", exc)
+
+    def _pull_requests(self) -> list[dict]:
+        busy = any(engine.has_work for engine in self.engines.values())
+        try:
+            if busy:
+                return streams.pop_requests(self.max_batch)
+            first = streams.wait_request(timeout=1.0)
+            return [first, *streams.pop_requests(self.max_batch)] if first else []
+        except RedisError as exc:
+            logger.warning("Redis unavailable (%s); retrying", exc)
+            if not busy:
+                self.stopping.wait(0.5)
+            return []
 
     def _heartbeat_loop(self) -> None:
         period = max(settings.INFERENCE_HEARTBEAT_TTL_S / 4, 0.5)
@@ -116,7 +127,10 @@ class InferenceWorker:
         """On a clean stop, end every running reply as interrupted (its text so far is kept)."""
         for reply in list(self.replies.values()):
             self._finish(reply, "interrupted", error="The inference worker was shut down; regenerate to try again.")
-        streams.client().delete(streams.worker_key(self.worker_id))
+        try:
+            streams.client().delete(streams.worker_key(self.worker_id))
+        except RedisError:
+            pass
         logger.info("Inference worker %s stopped", self.worker_id)
 
     # --- requests ------------------------------------------------------------------------------
@@ -124,7 +138,11 @@ class InferenceWorker:
         message_id = int(request["message"])
         if not replies.claim(message_id, self.worker_id):
             return  # deleted, reaped or already handled
-        if streams.stopped_among([message_id]):
+        try:
+            stopped = bool(streams.stopped_among([message_id]))
+        except RedisError:
+            stopped = False
+        if stopped:
             replies.finish(message_id, content="", finish_reason="cancelled", next_seq=1)
             return
         try:
@@ -206,22 +224,23 @@ class InferenceWorker:
             self._finish(reply, event.finish_reason, error=event.error)
 
     def _flush(self, force: bool) -> None:
+        """Write every reply's pending text as one delta each (one pipelined round trip), then
+        look for stop markers. Text is only marked sent once Redis accepted it."""
         now = time.monotonic()
         first_pieces = any(r.pending and not r.flushed_once for r in self.replies.values())
         if not force and not first_pieces and now - self._last_flush < self.flush_interval:
             return
         self._last_flush = now
-        pipe = streams.client().pipeline(transaction=False)
-        queued = False
-        for reply in self.replies.values():
-            if reply.pending:
+        ready = [r for r in self.replies.values() if r.pending]
+        if ready:
+            pipe = streams.client().pipeline(transaction=False)
+            for reply in ready:
+                streams.append(pipe, reply.message_id, reply.seq + 1, "delta", {"text": reply.pending})
+            pipe.execute()
+            for reply in ready:
                 reply.seq += 1
-                streams.append(pipe, reply.message_id, reply.seq, "delta", {"text": reply.pending})
                 reply.pending = ""
                 reply.flushed_once = True
-                queued = True
-        if queued:
-            pipe.execute()
         for message_id in streams.stopped_among([r.message_id for r in self.replies.values() if not r.stop_seen]):
             reply = self.replies[message_id]
             reply.stop_seen = True
@@ -229,10 +248,15 @@ class InferenceWorker:
 
     def _finish(self, reply: Reply, reason: str, error: str = "") -> None:
         if reply.pending:
-            reply.seq += 1
-            pipe = streams.client().pipeline(transaction=False)
-            streams.append(pipe, reply.message_id, reply.seq, "delta", {"text": reply.pending})
-            pipe.execute()
+            try:
+                pipe = streams.client().pipeline(transaction=False)
+                streams.append(pipe, reply.message_id, reply.seq + 1, "delta", {"text": reply.pending})
+                pipe.execute()
+                reply.seq += 1
+            except RedisError:
+                logger.warning(
+                    "Redis unavailable: reply %s ends without its last delta (the database has it)", reply.message_id
+                )
             reply.pending = ""
         self.replies.pop(reply.message_id, None)
         now = time.time()

@@ -25,6 +25,7 @@ def _fast_settings(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.MODEL_DIR = TEST_MODEL_DIR
     settings.INFERENCE_HEARTBEAT_TTL_S = 3
+    settings.CHAT_RATE_LIMIT = 0  # tests that check the limit turn it on
 
 
 @pytest.fixture(scope="session", autouse=True)

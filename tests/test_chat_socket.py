@@ -37,7 +37,9 @@ async def test_a_second_message_continues_the_same_conversation(alice, worker):
     await send(ws, {"type": "chat.send", "conversation": None, "content": "one", "params": {"max_tokens": 4}})
     first = await receive(ws)
     await until_done(ws, first["message"])
-    await send(ws, {"type": "chat.send", "conversation": first["conversation"], "content": "two", "params": {"max_tokens": 4}})
+    await send(
+        ws, {"type": "chat.send", "conversation": first["conversation"], "content": "two", "params": {"max_tokens": 4}}
+    )
     second = await receive(ws)
     assert second["conversation"] == first["conversation"]
     await until_done(ws, second["message"])
@@ -117,4 +119,25 @@ async def test_a_queued_reply_with_no_worker_fails_with_a_clear_error(alice, tin
     _, done = await until_done(ws, started["message"], timeout=20)
     assert done["finish_reason"] == "error"
     assert "No inference worker is running" in done["error"]
+    await ws.disconnect()
+
+
+async def test_messages_over_the_rate_limit_are_refused_with_when_to_retry(alice, tiny_model, settings):
+    settings.CHAT_RATE_LIMIT = 2
+    settings.CHAT_RATE_WINDOW_S = 60
+    from chat import streams
+
+    await streams.async_client().delete(*[k async for k in streams.async_client().scan_iter("chat:rate:*")] or ["none"])
+    ws, _ = await connect(alice)
+    for text in ("one", "two"):
+        await send(ws, {"type": "chat.send", "content": text})
+        started = await receive(ws)
+        assert started["type"] == "chat.started"
+        await send(ws, {"type": "chat.stop", "message": started["message"]})
+    await send(ws, {"type": "chat.send", "content": "three"})
+    frame = await receive(ws)
+    while frame["type"] != "chat.error":
+        frame = await receive(ws)
+    assert frame["code"] == "rate_limited"
+    assert "Retry in" in frame["message"]
     await ws.disconnect()

@@ -27,7 +27,11 @@ async def test_the_default_model_answers_a_question_through_the_socket(alice, de
     ws, _ = await connect(alice)
     await send(
         ws,
-        {"type": "chat.send", "content": "What is the capital of France?", "params": {"temperature": 0, "max_tokens": 24}},
+        {
+            "type": "chat.send",
+            "content": "What is the capital of France?",
+            "params": {"temperature": 0, "max_tokens": 24},
+        },
     )
     started = await receive(ws)
     assert started["model"] == "smollm2-135m-instruct"

@@ -17,13 +17,17 @@ def tiny(tiny_model_dir):
 
 
 def prompt_ids(tokenizer, text):
-    return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)["input_ids"])
+    return list(
+        tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)["input_ids"]
+    )
 
 
 def reference(model, tokenizer, text, n):
     ids = torch.tensor([prompt_ids(tokenizer, text)])
     with torch.inference_mode():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False
+        )
     return out[0, ids.shape[1] :].tolist()
 
 
@@ -48,10 +52,18 @@ def test_requests_joining_mid_batch_get_exactly_what_generate_gives(tiny):
     arrivals = {
         0: [GenerationRequest("a", prompt_ids(tokenizer, PROMPTS[0]), 20)],
         3: [GenerationRequest("b", prompt_ids(tokenizer, PROMPTS[1]), 12)],
-        7: [GenerationRequest("c", prompt_ids(tokenizer, PROMPTS[2]), 25), GenerationRequest("d", prompt_ids(tokenizer, PROMPTS[3]), 5)],
+        7: [
+            GenerationRequest("c", prompt_ids(tokenizer, PROMPTS[2]), 25),
+            GenerationRequest("d", prompt_ids(tokenizer, PROMPTS[3]), 5),
+        ],
     }
     results = run(engine, arrivals)
-    for request_id, prompt, n in (("a", PROMPTS[0], 20), ("b", PROMPTS[1], 12), ("c", PROMPTS[2], 25), ("d", PROMPTS[3], 5)):
+    for request_id, prompt, n in (
+        ("a", PROMPTS[0], 20),
+        ("b", PROMPTS[1], 12),
+        ("c", PROMPTS[2], 25),
+        ("d", PROMPTS[3], 5),
+    ):
         text, tokens, reason = results[request_id]
         assert tokens == n and reason == "length"
         assert text == tokenizer.decode(reference(model, tokenizer, prompt, n), skip_special_tokens=True)
@@ -96,7 +108,12 @@ def test_a_finished_request_frees_its_row_for_a_waiting_one(tiny):
     model, tokenizer = tiny
     engine = BatchEngine(model, tokenizer, max_batch=1)
     engine.stop_ids = set()
-    arrivals = {0: [GenerationRequest("first", prompt_ids(tokenizer, "a"), 3), GenerationRequest("second", prompt_ids(tokenizer, "b"), 3)]}
+    arrivals = {
+        0: [
+            GenerationRequest("first", prompt_ids(tokenizer, "a"), 3),
+            GenerationRequest("second", prompt_ids(tokenizer, "b"), 3),
+        ]
+    }
     results = run(engine, arrivals)
     assert results["first"][1] == 3 and results["second"][1] == 3
 
