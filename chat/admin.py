@@ -102,3 +102,7 @@ class MessageAdmin(ReadOnlyAdmin):
     list_select_related = ("conversation", "model")
     list_filter = ("role", "status", "finish_reason", "model")
     search_fields = ("content", "conversation__title", "conversation__user__username")
+
+
+admin.site.index_template = "admin/chat/index.html"
+admin.site.site_header = "Chat studio administration"

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from redis.exceptions import RedisError
 
-from . import reaper, replies, streams
+from . import metrics, reaper, replies, streams
 from .engine import BatchEngine, GenerationRequest
 from .loading import ModelLoadError, ModelSpec, load_model
 from .models import LanguageModel
@@ -275,6 +275,18 @@ class InferenceWorker:
             ttft_ms=round(ttft_ms, 1) if ttft_ms is not None else None,
             tokens_per_s=round(tokens_per_s, 2) if tokens_per_s is not None else None,
         )
+        try:
+            metrics.record_reply(
+                model=reply.model,
+                worker=self.worker_id,
+                finish_reason=reason,
+                tokens=reply.tokens,
+                ttft_s=ttft_ms / 1000 if ttft_ms is not None else None,
+                itl_s=1 / tokens_per_s if tokens_per_s else None,
+                tokens_per_s=tokens_per_s,
+            )
+        except RedisError:
+            logger.warning("Redis unavailable: metrics of reply %s not recorded", reply.message_id)
 
 
 def _apply_template(tokenizer, messages: list[dict]) -> list[int]:

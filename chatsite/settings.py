@@ -211,6 +211,9 @@ INFERENCE_QUEUE_TIMEOUT_S = env_int("INFERENCE_QUEUE_TIMEOUT_S", 30, minimum=1)
 # Maximum number of requests decoded together in one batch by a worker.
 INFERENCE_MAX_BATCH = env_int("INFERENCE_MAX_BATCH", 16, minimum=1)
 
+# /metrics (Prometheus): staff users, or `Authorization: Bearer <METRICS_TOKEN>` when set.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

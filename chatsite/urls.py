@@ -2,8 +2,12 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from chat import monitoring
+
 urlpatterns = [
+    path("admin/metrics/", monitoring.admin_metrics, name="admin_metrics"),
     path("admin/", admin.site.urls),
+    path("metrics", monitoring.prometheus, name="metrics"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("chat.urls")),
