@@ -7,6 +7,7 @@ that reads the reply's Redis stream, so a `chat.stop` frame is handled while tok
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -166,7 +167,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise
         except Exception:
             logger.exception("forwarding reply %s failed", message_id)
-            await self.error("stream_failed", "Lost the reply's stream; reload the page to resume.", message_id)
+            with contextlib.suppress(Exception):  # the socket may be closed already
+                await self.error("stream_failed", "Lost the reply's stream; reload the page to resume.", message_id)
         finally:
             if self.forwarders.get(message_id) is asyncio.current_task():
                 del self.forwarders[message_id]

@@ -127,7 +127,8 @@ def async_client() -> aredis.Redis:
     loop = asyncio.get_running_loop()
     conn = _async_clients.get(id(loop))
     if conn is None:
-        conn = aredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+        # Reads block for up to 2 s (XREAD BLOCK); the socket timeout must stay well above that.
+        conn = aredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5, socket_timeout=30)
         _async_clients[id(loop)] = conn
     return conn
 

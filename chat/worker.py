@@ -64,6 +64,7 @@ class InferenceWorker:
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         streams.heartbeat(self.worker_id, self._info())
         beat.start()
+        self._preload_default()
         try:
             while not self.stopping.is_set():
                 self.run_once()
@@ -72,6 +73,16 @@ class InferenceWorker:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _preload_default(self) -> None:
+        """Load the default model before the first request, so its user does not wait for it."""
+        default = LanguageModel.default()
+        if default is None:
+            return
+        try:
+            self._engine(default.slug)
+        except Exception:
+            logger.exception("could not preload the default model %s; it will be retried on request", default.slug)
 
     def run_once(self) -> None:
         requests = self._pull_requests()

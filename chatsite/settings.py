@@ -132,7 +132,15 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (daphne, inference worker, Celery) write to the same file.
     DATABASES["default"].setdefault("OPTIONS", {})
-    DATABASES["default"]["OPTIONS"].update({"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"})
+    # IMMEDIATE transactions take the write lock at BEGIN, so concurrent writers wait for each
+    # other (busy timeout) instead of failing with "database is locked" when a read upgrades.
+    DATABASES["default"]["OPTIONS"].update(
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
     # Tests run an inference worker in a thread: a file (not shared-cache memory) avoids
     # "table is locked" between connections.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
@@ -179,12 +187,10 @@ def _celery_broker_url(redis_url: str) -> str:
     return redis_url
 
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "chatsite:layer"},
-    }
-}
+# No Channels channel layer: chat replies travel through Redis streams (chat/streams.py, see
+# docs/architecture.md), and a layer would hold one blocking Redis connection per open socket
+# for nothing. The fine-tuning job page will add one when it needs group broadcasts.
+CHANNEL_LAYERS: dict = {}
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", _celery_broker_url(REDIS_URL))
 CELERY_TASK_ACKS_LATE = True

