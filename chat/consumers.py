@@ -55,7 +55,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "chat.stop": self.on_stop,
             "chat.regenerate": self.on_regenerate,
             "chat.resume": self.on_resume,
-        }.get(frame.get("type"))
+        }.get(frame["type"] if isinstance(frame.get("type"), str) else None)
         if handler is None:
             return await self.error(
                 "unknown_type", "Unknown frame type; use chat.send, chat.stop, chat.regenerate or chat.resume."

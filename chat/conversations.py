@@ -12,7 +12,7 @@ from .models import Conversation, LanguageModel, Message
 def conversations_for(user, query: str = "") -> QuerySet[Conversation]:
     """The user's conversations, newest first; `query` matches titles and message text."""
     qs = Conversation.objects.filter(user=user)
-    query = query.strip()
+    query = query.replace("\x00", "").strip()
     if query:
         qs = qs.filter(Q(title__icontains=query) | Q(messages__content__icontains=query)).distinct()
     return qs.order_by("-updated_at")
@@ -50,21 +50,37 @@ def _optional_float(raw, name: str, low: float, high: float, errors: dict) -> fl
     return value
 
 
+def _whole_number(raw) -> int | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+        return int(raw)
+    return None
+
+
 def update_conversation(conversation: Conversation, data) -> SettingsResult:
     """Validate and apply title, model, system prompt and sampling settings; all or nothing."""
     errors: dict[str, str] = {}
     changes: dict = {}
     if "title" in data:
-        title = str(data["title"]).strip()
+        title = data["title"].strip() if isinstance(data["title"], str) else ""
         if not title:
             errors["title"] = "The title cannot be empty."
+        elif "\x00" in title:
+            errors["title"] = "The title contains a NUL character (\\x00)."
         elif len(title) > settings.CHAT_MAX_TITLE_CHARS:
             errors["title"] = f"The title is longer than {settings.CHAT_MAX_TITLE_CHARS} characters."
         else:
             changes["title"] = title
     if "system_prompt" in data:
-        prompt = str(data["system_prompt"])
-        if len(prompt) > settings.CHAT_MAX_SYSTEM_PROMPT_CHARS:
+        prompt = data["system_prompt"] if isinstance(data["system_prompt"], str) else ""
+        if data["system_prompt"] is not None and not isinstance(data["system_prompt"], str):
+            errors["system_prompt"] = "The system prompt must be text."
+        elif "\x00" in prompt:
+            errors["system_prompt"] = "The system prompt contains a NUL character (\\x00)."
+        elif len(prompt) > settings.CHAT_MAX_SYSTEM_PROMPT_CHARS:
             errors["system_prompt"] = (
                 f"The system prompt is longer than {settings.CHAT_MAX_SYSTEM_PROMPT_CHARS} characters."
             )
@@ -87,14 +103,14 @@ def update_conversation(conversation: Conversation, data) -> SettingsResult:
             changes["max_tokens"] = None
         else:
             cap = model.max_new_tokens_cap if model else 4096
-            try:
-                value = int(raw)
-            except (TypeError, ValueError):
-                value = 0
-            if not 1 <= value <= cap:
+            value = _whole_number(raw)
+            if value is None or not 1 <= value <= cap:
                 errors["max_tokens"] = f"max_tokens must be a whole number from 1 to {cap}."
             else:
                 changes["max_tokens"] = value
+    if "model" in changes and "max_tokens" not in changes and conversation.max_tokens is not None:
+        # A model with a lower cap must not leave the conversation asking for more than it allows.
+        changes["max_tokens"] = min(conversation.max_tokens, changes["model"].max_new_tokens_cap)
     if errors:
         return SettingsResult(conversation, errors)
     for field, value in changes.items():

@@ -81,6 +81,13 @@ class LanguageModel(models.Model):
                 )
             super().save(*args, **kwargs)
 
+    def validate_constraints(self, exclude=None) -> None:
+        # "One default" is kept by save(), which clears the previous default; the database
+        # constraint only guards against races. Checking it on the form would refuse what
+        # save() is about to make valid.
+        exclude = set(exclude or ()) | {"is_default"}
+        super().validate_constraints(exclude=exclude)
+
     def clean(self) -> None:
         if self.source in (self.Source.LOCAL, self.Source.HUB) and not self.location.strip():
             raise ValidationError({"location": "A local folder or hub id is required for this source."})

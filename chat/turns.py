@@ -48,6 +48,8 @@ def _check_content(content) -> str:
         raise TurnError("invalid_field", "content must be a string.")
     if not content.strip():
         raise TurnError("empty_message", "The message is empty: type something to send.")
+    if "\x00" in content:
+        raise TurnError("invalid_field", "The message contains a NUL character (\\x00); remove it and send again.")
     if len(content) > settings.CHAT_MAX_MESSAGE_CHARS:
         raise TurnError(
             "message_too_long",
@@ -121,7 +123,10 @@ def owned_message(user, message_id) -> Message:
 def _locked_owned_conversation(user, conversation_id) -> Conversation:
     conversation_id = _check_id(conversation_id, "conversation")
     conversation = (
-        Conversation.objects.select_for_update().select_related("model").filter(pk=conversation_id, user=user).first()
+        Conversation.objects.select_for_update(of=("self",))
+        .select_related("model")
+        .filter(pk=conversation_id, user=user)
+        .first()
     )
     if conversation is None:
         raise TurnError("not_found", "There is no such conversation in your account.")

@@ -50,8 +50,9 @@ class Command(BaseCommand):
         if options["workers"] < 0:
             raise CommandError("--workers must be 0 or more.")
         self.signals_received = 0
-        # "setup": a signal aborts the current step; "running": the watch loop notices the
-        # signal and returns; "stopping": further signals are ignored (children get 10 s at most).
+        # "setup": a signal aborts the current step; "admin": a signal waits until the new admin
+        # password is printed; "running": the watch loop notices the signal and returns;
+        # "stopping": further signals are ignored (children get 10 s at most).
         self.phase = "setup"
         self.group = ProcessGroup()  # daphne, workers, celery
         self.infra = ProcessGroup(sink=self.group.sink)  # the private Redis: stopped last
@@ -72,7 +73,7 @@ class Command(BaseCommand):
     # --- signals -------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
         self.signals_received += 1
-        if self.phase == "setup":
+        if self.phase == "setup" and self.signals_received == 1:
             raise _Shutdown
         # While running, the watch loop sees the count within a fraction of a second.
 
@@ -102,25 +103,8 @@ class Command(BaseCommand):
         for i, worker_id in enumerate(worker_ids):
             self._start(f"worker-{i}", [python, str(MANAGE_PY), "inferenceworker", "--worker-id", worker_id])
         if not options["no_celery"]:
-            self._start(
-                "celery",
-                [
-                    python,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "chatsite",
-                    "worker",
-                    "--loglevel",
-                    "info",
-                    "--concurrency",
-                    "1",
-                    "--pool",
-                    "solo",
-                    "--hostname",
-                    f"celery@{hostname}",
-                ],
-            )
+            celery = "-m celery -A chatsite worker --loglevel info --concurrency 1 --pool solo".split()
+            self._start("celery", [python, *celery, "--hostname", f"celery@{hostname}"])
         self.phase = "running"
         return self._watch(host, port, env["REDIS_URL"], worker_ids)
 
@@ -211,9 +195,18 @@ class Command(BaseCommand):
                 n += 1
                 username = f"admin{n}"
             password = secrets.token_urlsafe(12)
+            # A Ctrl-C between creating the account and printing its password would lose it:
+            # the signal handler only counts signals in this phase; we act on them once printed.
+            self.phase = "admin"
             User.objects.create_superuser(username=username, email="", password=password)
+            self._print_password(url, username, password)
         finally:
             connections.close_all()
+        self.phase = "setup"
+        if self.signals_received:
+            raise _Shutdown
+
+    def _print_password(self, url: str, username: str, password: str) -> None:
         line = f"Log in at {url} as {username} / {password}"
         bar = "=" * max(len(line), 60)
         self.stdout.write(
