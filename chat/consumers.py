@@ -84,7 +84,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- handlers ------------------------------------------------------------------------------
     async def on_send(self, frame: dict) -> None:
         turn = await database_sync_to_async(turns.start_turn)(
-            self.user, frame.get("conversation"), frame.get("content"), frame.get("model"), frame.get("params")
+            self.user,
+            frame.get("conversation"),
+            frame.get("content"),
+            frame.get("model"),
+            frame.get("params"),
+            frame.get("system_prompt"),
         )
         await self.start(turn)
 

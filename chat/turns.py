@@ -161,9 +161,25 @@ def build_request(reply: Message) -> dict:
     }
 
 
-def start_turn(user, conversation_id, content, model_slug, params) -> Turn:
-    """Store the user's message and a queued reply; returns the worker request to enqueue."""
+def _check_system_prompt(system_prompt) -> str | None:
+    if system_prompt is None:
+        return None
+    if not isinstance(system_prompt, str):
+        raise TurnError("invalid_field", "system_prompt must be a string.")
+    if len(system_prompt) > settings.CHAT_MAX_SYSTEM_PROMPT_CHARS:
+        raise TurnError(
+            "invalid_field", f"system_prompt is longer than {settings.CHAT_MAX_SYSTEM_PROMPT_CHARS} characters."
+        )
+    if "\x00" in system_prompt:
+        raise TurnError("invalid_field", "system_prompt contains a NUL character (\\x00).")
+    return system_prompt
+
+
+def start_turn(user, conversation_id, content, model_slug, params, system_prompt=None) -> Turn:
+    """Store the user's message and a queued reply; returns the worker request to enqueue.
+    `system_prompt`, when given, is saved on the conversation before the reply is built."""
     content = _check_content(content)
+    system_prompt = _check_system_prompt(system_prompt)
     with transaction.atomic():
         # Race: two tabs sending in one conversation at once; the row lock serialises them so
         # the busy check sees the first one's queued reply.
@@ -172,12 +188,15 @@ def start_turn(user, conversation_id, content, model_slug, params) -> Turn:
         resolved = _check_params(params, model, conversation)
         if conversation is None:
             title = " ".join(content.split())[:TITLE_CHARS] or "New chat"
-            conversation = Conversation.objects.create(user=user, title=title, model=model)
+            conversation = Conversation.objects.create(
+                user=user, title=title, model=model, system_prompt=system_prompt or ""
+            )
         else:
             _check_not_busy(conversation)
-            if conversation.model_id != model.pk:
-                conversation.model = model
-            conversation.save(update_fields=["model", "updated_at"])
+            conversation.model = model
+            if system_prompt is not None:
+                conversation.system_prompt = system_prompt
+            conversation.save(update_fields=["model", "system_prompt", "updated_at"])
         user_message = Message.objects.create(
             conversation=conversation, role=Message.Role.USER, content=content, html=render_markdown(content)
         )

@@ -141,3 +141,23 @@ async def test_messages_over_the_rate_limit_are_refused_with_when_to_retry(alice
     assert frame["code"] == "rate_limited"
     assert "Retry in" in frame["message"]
     await ws.disconnect()
+
+
+async def test_a_system_prompt_sent_with_the_first_message_shapes_the_first_reply(alice, worker):
+    ws, _ = await connect(alice)
+    await send(
+        ws,
+        {"type": "chat.send", "content": "hi", "system_prompt": "You are a pirate.", "params": {"max_tokens": 2}},
+    )
+    started = await receive(ws)
+    await until_done(ws, started["message"])
+    conversation = await database_sync_to_async(Conversation.objects.get)(pk=started["conversation"])
+    assert conversation.system_prompt == "You are a pirate."
+    from chat.turns import build_request
+
+    reply = await database_sync_to_async(Message.objects.select_related("conversation", "model").get)(
+        pk=started["message"]
+    )
+    request = await database_sync_to_async(build_request)(reply)
+    assert request["messages"][0] == {"role": "system", "content": "You are a pirate."}
+    await ws.disconnect()

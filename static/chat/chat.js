@@ -63,6 +63,8 @@
     pending: null,           // {kind: "send"|"regenerate", content, replaces} until chat.started
     lastSeq: {},             // message id -> last delta seq applied
     pendingSettings: null,   // settings chosen in a new chat, saved once it exists
+    lostPending: null,       // a request sent just before the socket dropped
+    resumeTries: {},         // message id -> resumes asked after a stream_failed error
     socket: null,
     outbox: [],
     backoff: 500,
@@ -323,7 +325,7 @@
     del.setAttribute("data-testid", "delete");
     del.title = "Delete";
     del.setAttribute("aria-label", "Delete");
-    del.textContent = "🗑";
+    del.textContent = "×";
     li.appendChild(del);
     return li;
   }
@@ -565,6 +567,11 @@
         var after = reconnected ? state.lastSeq[state.generating] || 0 : 0;
         socket.send(JSON.stringify({ type: "chat.resume", message: state.generating, after: after }));
       }
+      if (state.lostPending) {
+        var lost = state.lostPending;
+        state.lostPending = null;
+        recoverLostRequest(lost);
+      }
       var queued = state.outbox;
       state.outbox = [];
       queued.forEach(function (frame) { socket.send(JSON.stringify(frame)); });
@@ -579,9 +586,10 @@
       if (state.socket !== socket) return;
       state.socket = null;
       if (state.pending && state.pending.sent) {
-        // The server may or may not have started it; the page cannot tell which reply is ours.
+        // The server may or may not have started it (its chat.started was lost): ask the
+        // server once the socket is back.
+        state.lostPending = state.pending;
         state.pending = null;
-        showError("The connection dropped before the reply started. Reload the page to see whether it was sent.");
         updateControls();
       }
       if (event.code === 4401) {
@@ -600,6 +608,55 @@
     state.backoff = Math.min(state.backoff * 2, 5000);
     setConnection("closed", "Connection lost, reconnecting…");
     state.reconnectTimer = setTimeout(connect, delay);
+  }
+
+  /** After a request whose chat.started never came: show what the server has for this chat. */
+  function recoverLostRequest(lost) {
+    if (!state.conversation) {
+      if (lost.kind === "send" && !els.input.value) els.input.value = lost.content;
+      showError("The connection dropped before the reply started. Please send the message again.");
+      return;
+    }
+    fetch("/api/conversations/" + Number(state.conversation) + "/messages/", { credentials: "same-origin" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.json();
+      })
+      .then(function (data) { syncMessages(data.messages || []); })
+      .catch(function () { showError("The connection dropped. Reload the page to see the latest messages."); });
+  }
+
+  function syncMessages(messages) {
+    var known = {};
+    messages.forEach(function (m) { known[m.id] = true; });
+    var shown = els.messages.querySelectorAll('[data-testid="message"]');
+    for (var i = 0; i < shown.length; i++) {
+      if (!known[shown[i].getAttribute("data-message-id")]) shown[i].remove();  // replaced by a regenerate
+    }
+    messages.forEach(function (m) {
+      if (messageElement(m.id)) return;
+      var element = createMessage(m.id, m.role, modelName(m.model));
+      var body = bodyOf(element);
+      var active = m.status === "queued" || m.status === "generating";
+      if (m.role === "assistant" && active) {
+        setGeneratingLook(element);
+        if (!state.generating) {
+          state.generating = Number(m.id);
+          state.lastSeq[m.id] = 0;
+          transmit({ type: "chat.resume", message: Number(m.id), after: 0 });
+        }
+      } else if (m.role === "assistant") {
+        finishMessage({ message: m.id, finish_reason: m.finish_reason, html: m.html,
+                        usage: m.usage, timing: m.timing, error: m.error });
+      } else if (m.html) {
+        body.innerHTML = m.html;  // server-rendered, sanitized
+        body.classList.remove("plain");
+      } else {
+        body.textContent = m.content;
+      }
+    });
+    scrollToBottom(false);
+    updateControls();
   }
 
   function handleFrame(frame) {
@@ -656,13 +713,32 @@
   }
 
   function onError(frame) {
-    showError(frame.message || frame.code || "The request was refused.");
-    if (state.pending) {
-      var pending = state.pending;
+    var pending = state.pending;
+    var aboutMessage = frame.message_id == null ? null : Number(frame.message_id);
+    // A refused send carries no message id; a refused regenerate carries the replaced reply's.
+    var refusesPending = pending && (
+      (pending.kind === "send" && aboutMessage === null) ||
+      (pending.kind === "regenerate" && aboutMessage === pending.replaces));
+    if (refusesPending) {
       state.pending = null;
       if (pending.kind === "send" && !els.input.value) els.input.value = pending.content;
     }
-    if (frame.code === "not_found" && frame.message_id != null && frame.message_id === state.generating) {
+    if (frame.code === "stream_failed" && aboutMessage !== null && aboutMessage === state.generating) {
+      // The server lost this reply's stream for a moment: ask again from the last seq seen.
+      var tries = (state.resumeTries[aboutMessage] || 0) + 1;
+      state.resumeTries[aboutMessage] = tries;
+      if (tries <= 5) {
+        setTimeout(function () {
+          if (state.generating === aboutMessage) {
+            transmit({ type: "chat.resume", message: aboutMessage, after: state.lastSeq[aboutMessage] || 0 });
+          }
+        }, 1000 * tries);
+        updateControls();
+        return;
+      }
+    }
+    showError(frame.message || frame.code || "The request was refused.");
+    if (frame.code === "not_found" && aboutMessage !== null && aboutMessage === state.generating) {
       state.generating = null;
     }
     updateControls();
@@ -682,6 +758,8 @@
     if (els.modelSelect.value) frame.model = els.modelSelect.value;
     var params = sendParams();
     if (Object.keys(params).length) frame.params = params;
+    // A new chat's system prompt must apply to its very first reply.
+    if (!state.conversation && els.systemPrompt.value.trim()) frame.system_prompt = els.systemPrompt.value;
     state.pending = { kind: "send", content: content };
     els.input.value = "";
     autosize();
