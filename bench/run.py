@@ -87,7 +87,11 @@ def bare_generate(tokens: int, users: int) -> dict:
             new = out.shape[1] - one["input_ids"].shape[1]
             single.append((new, elapsed))
         batch_enc = tokenizer(
-            [template(p) for p in PROMPTS[:users]], return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+            [template(p) for p in PROMPTS[:users]],
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
         )
         started = time.perf_counter()
         out = model.generate(**batch_enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
@@ -139,7 +143,9 @@ async def one_reply(ws_url: str, cookie: str, origin: str, prompt: str, tokens: 
 
 
 async def many(ws_url, cookie, origin, n, tokens):
-    return await asyncio.gather(*(one_reply(ws_url, cookie, origin, PROMPTS[i % len(PROMPTS)], tokens) for i in range(n)))
+    return await asyncio.gather(
+        *(one_reply(ws_url, cookie, origin, PROMPTS[i % len(PROMPTS)], tokens) for i in range(n))
+    )
 
 
 def stack_run(tokens: int, users: int) -> dict:
@@ -150,16 +156,20 @@ def stack_run(tokens: int, users: int) -> dict:
         stack.start()
         try:
             stack.create_user("bench", "bench-password-123")
-            session = stack.run_manage(
-                "shell",
-                "-c",
-                "from django.contrib.auth import get_user_model;"
-                "from django.contrib.sessions.backends.db import SessionStore;"
-                "u=get_user_model().objects.get(username='bench');"
-                "s=SessionStore();s['_auth_user_id']=str(u.pk);"
-                "s['_auth_user_backend']='django.contrib.auth.backends.ModelBackend';"
-                "s['_auth_user_hash']=u.get_session_auth_hash();s.create();print(s.session_key)",
-            ).strip().splitlines()[-1]
+            session = (
+                stack.run_manage(
+                    "shell",
+                    "-c",
+                    "from django.contrib.auth import get_user_model;"
+                    "from django.contrib.sessions.backends.db import SessionStore;"
+                    "u=get_user_model().objects.get(username='bench');"
+                    "s=SessionStore();s['_auth_user_id']=str(u.pk);"
+                    "s['_auth_user_backend']='django.contrib.auth.backends.ModelBackend';"
+                    "s['_auth_user_hash']=u.get_session_auth_hash();s.create();print(s.session_key)",
+                )
+                .strip()
+                .splitlines()[-1]
+            )
             cookie = f"sessionid={session}"
             origin = stack.url
             worker_pid = list(stack.worker_pids.values())[0]
@@ -221,18 +231,18 @@ def main() -> None:
         ("no user waits for another's whole reply", stack["all_first_tokens_before_any_reply_ended"]),
     ]
     print(f"""
-## Benchmark ({result['date']}, {result['machine']})
+## Benchmark ({result["date"]}, {result["machine"]})
 
-Default model SmolLM2-135M-Instruct, dtype {bare['dtype']} (chosen by measurement), greedy, up to {args.tokens} new tokens,
-prompt of {bare['prompt_tokens']} tokens.
+Default model SmolLM2-135M-Instruct, dtype {bare["dtype"]} (chosen by measurement), greedy, up to {args.tokens} new tokens,
+prompt of {bare["prompt_tokens"]} tokens.
 
 | measure | bare `generate` | stack over websocket | ratio |
 |---|---|---|---|
-| 1 user tokens/s | {bare['single_tok_s']:.1f} | {stack['single_tok_s']:.1f} | {ratios['single_vs_bare']:.2f} |
-| 1 user first token (ms) | prefill {bare['prefill_ms']:.0f} | {stack['single_ttft_ms']:.0f} (server {stack['single_server_ttft_ms']:.0f}) | +{ratios['ttft_minus_prefill_ms']:.0f} ms |
-| {args.users} users aggregate tokens/s | batched {bare['batch_tok_s']:.1f} ({ratios['bare_batch_vs_bare_single']:.2f}×) | {stack['aggregate_tok_s']:.1f} | {ratios['aggregate_vs_single']:.2f}× single |
-| {args.users} users first token (ms) | | {', '.join(map(str, stack['users_ttft_ms']))} | |
-| worker RSS (MB) | | 1 user {stack['worker_rss_mb_1_user']:.0f}, 16 users {stack['worker_rss_mb_16_users']:.0f} | |
+| 1 user tokens/s | {bare["single_tok_s"]:.1f} | {stack["single_tok_s"]:.1f} | {ratios["single_vs_bare"]:.2f} |
+| 1 user first token (ms) | prefill {bare["prefill_ms"]:.0f} | {stack["single_ttft_ms"]:.0f} (server {stack["single_server_ttft_ms"]:.0f}) | +{ratios["ttft_minus_prefill_ms"]:.0f} ms |
+| {args.users} users aggregate tokens/s | batched {bare["batch_tok_s"]:.1f} ({ratios["bare_batch_vs_bare_single"]:.2f}×) | {stack["aggregate_tok_s"]:.1f} | {ratios["aggregate_vs_single"]:.2f}× single |
+| {args.users} users first token (ms) | | {", ".join(map(str, stack["users_ttft_ms"]))} | |
+| worker RSS (MB) | | 1 user {stack["worker_rss_mb_1_user"]:.0f}, 16 users {stack["worker_rss_mb_16_users"]:.0f} | |
 """)
     for label, ok in checks:
         print(f"- [{'x' if ok else ' '}] {label}")

@@ -8,9 +8,11 @@ the login page answers 200 and every worker's heartbeat key `chat:worker:<id>` i
 Its world, fresh for every stack:
 - database: a new SQLite file in the stack's tmp dir; or, when DATABASE_URL points at PostgreSQL,
   a new database on that server (`chatsite_stack_<random>`), dropped by `stop()`;
-- Redis: STACK_REDIS_URL if set, else the server of REDIS_URL (when it is a redis:// URL) or
-  127.0.0.1:6379, always database 14 so it never touches the test suite's own database;
-  flushed by `start()`;
+- Redis: a private redis-server of its own on a unix socket in the tmp dir (the same one
+  `runstack` starts when REDIS_URL is unset), so stacks of concurrent test runs never share
+  keys (message ids of two fresh databases collide). Set STACK_REDIS_URL (e.g.
+  redis://127.0.0.1:6379/14) to use an existing server instead: that database is flushed by
+  `start()`;
 - VAR_DIR: the tmp dir; MODEL_DIR: <repo>/var/test-models, kept across runs so the default model
   is converted only once;
 - logs: <tmp>/logs/<process>.log; a failed start raises with the last 50 lines of each log.
@@ -51,16 +53,22 @@ import pytest
 import redis
 
 from chat.streams import worker_key
-from chatsite.processes import ProcessGroup, tail
+from chatsite.processes import ProcessGroup, start_private_redis, tail
 
 REPO = Path(__file__).resolve().parent.parent
 MANAGE_PY = REPO / "manage.py"
 TEST_MODEL_DIR = REPO / "var" / "test-models"
-STACK_REDIS_DB = 14
 
 
 class StackError(RuntimeError):
     """The stack could not start (the message carries each process's log tail)."""
+
+
+def _short_socket_path(preferred: Path) -> Path:
+    """A unix socket path must stay short (about 100 bytes); fall back to a short tmp dir."""
+    if len(str(preferred).encode()) <= 100:
+        return preferred
+    return Path(tempfile.mkdtemp(prefix="stk-")) / "redis.sock"
 
 
 def free_port() -> int:
@@ -68,18 +76,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def stack_redis_url() -> str:
-    """Where a stack's Redis lives: its own database (14) on the test suite's Redis server."""
-    explicit = os.environ.get("STACK_REDIS_URL")
-    if explicit:
-        return explicit
-    base = os.environ.get("REDIS_URL", "")
-    parsed = urlparse(base)
-    if parsed.scheme in ("redis", "rediss") and parsed.netloc:
-        return urlunparse(parsed._replace(path=f"/{STACK_REDIS_DB}", query=""))
-    return f"redis://127.0.0.1:6379/{STACK_REDIS_DB}"
 
 
 class LiveStack:
@@ -91,6 +87,7 @@ class LiveStack:
         *,
         workers: int = 1,
         start_timeout: float = 240.0,
+        redis_url: str | None = None,
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self.tmp_dir = Path(tmp_dir or tempfile.mkdtemp(prefix="stack-"))
@@ -99,7 +96,10 @@ class LiveStack:
         self.port = free_port()
         self.var_dir = self.tmp_dir / "var"
         self.log_dir = self.tmp_dir / "logs"
-        self.redis_url = stack_redis_url()
+        # An existing Redis (redis_url or STACK_REDIS_URL), else a private one that start() runs.
+        self.external_redis_url = redis_url or os.environ.get("STACK_REDIS_URL") or None
+        self.redis_socket = _short_socket_path(self.tmp_dir / "redis.sock")
+        self.redis_url = self.external_redis_url or f"unix://{self.redis_socket}"
         self._pg_database: str | None = None
         self._pg_admin_url: str | None = None
         self.env: dict[str, str] = {
@@ -117,6 +117,7 @@ class LiveStack:
         # The suite's own broker/layer settings must not leak into the stack.
         self.env.pop("CELERY_BROKER_URL", None)
         self.group = ProcessGroup(env=self.env, cwd=REPO)
+        self.infra = ProcessGroup(env=self.env, cwd=REPO)  # the private Redis: stopped last
         self.started = False
 
     # --- addresses -----------------------------------------------------------------------
@@ -157,14 +158,18 @@ class LiveStack:
         TEST_MODEL_DIR.mkdir(parents=True, exist_ok=True)
         try:
             self._create_pg_database()
-            with self.redis() as client:
-                client.flushdb()
+            if self.external_redis_url:
+                with self.redis() as client:
+                    client.flushdb()
+            else:
+                start_private_redis(
+                    self.infra, self.redis_socket, workdir=self.var_dir, log_path=self.log_dir / "redis.log"
+                )
             self._run_step("migrate", "--no-input")
             self._run_step("installdefaultmodel")
             self.group.start(
                 "daphne",
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                 "chatsite.asgi:application"],
+                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"],
                 log_path=self.log_dir / "daphne.log",
             )
             for i in range(self.workers):
@@ -182,6 +187,7 @@ class LiveStack:
     def stop(self) -> None:
         """Stop every process (SIGTERM, then SIGKILL after 10 s) and drop a PostgreSQL database."""
         self.group.stop_all(timeout=10)
+        self.infra.stop_all(timeout=10)
         self.started = False
         self._drop_pg_database()
 
@@ -278,7 +284,7 @@ class LiveStack:
             raise StackError(self._report(f"manage.py {' '.join(args)} failed with code {result.returncode}"))
 
     def _check_alive(self) -> None:
-        dead = self.group.exited()
+        dead = self.group.exited() + self.infra.exited()
         if dead:
             names = ", ".join(f"{c.name} (code {c.returncode})" for c in dead)
             raise StackError(self._report(f"exited during start-up: {names}"))
@@ -369,4 +375,4 @@ def live_stack_factory(tmp_path_factory):
         stack.stop()
 
 
-__all__ = ["LiveStack", "StackError", "free_port", "live_stack", "live_stack_factory", "stack_redis_url"]
+__all__ = ["LiveStack", "StackError", "free_port", "live_stack", "live_stack_factory"]

@@ -66,7 +66,7 @@ async def test_stop_ends_the_reply_and_keeps_the_partial_text(alice, worker):
 
 async def test_resume_replays_from_the_given_seq(alice, worker):
     ws, _ = await connect(alice)
-    await send(ws, {"type": "chat.send", "content": "Tell me something", "params": {"max_tokens": 30}})
+    await send(ws, {"type": "chat.send", "content": "Tell me something", "params": {"max_tokens": 200}})
     started = await receive(ws)
     deltas, done = await until_done(ws, started["message"])
     await ws.disconnect()

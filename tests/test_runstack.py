@@ -80,7 +80,9 @@ class Launcher:
                     if match:
                         return match
                 if self.process.poll() is not None:
-                    pytest.fail(f"runstack exited ({self.process.returncode}) before {pattern.pattern!r}:\n{self.tail()}")
+                    pytest.fail(
+                        f"runstack exited ({self.process.returncode}) before {pattern.pattern!r}:\n{self.tail()}"
+                    )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     pytest.fail(f"no {pattern.pattern!r} from runstack in {timeout} s:\n{self.tail()}")
@@ -207,3 +209,25 @@ def test_runstack_stops_everything_and_fails_when_a_child_dies(var_dir):
         assert not (var_dir / "redis.sock").exists()
     finally:
         launcher.cleanup()
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_the_timeout():
+    from chatsite.processes import ProcessGroup
+
+    lines: list[tuple[str, str]] = []
+    group = ProcessGroup(sink=lambda name, line: lines.append((name, line)))
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    )
+    group.start("stubborn", [sys.executable, "-c", stubborn])
+    group.start("polite", [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"])
+    deadline = time.monotonic() + 20
+    while sum(line == "ready" for _, line in lines) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    started = time.monotonic()
+    codes = group.stop_all(timeout=1)
+    assert time.monotonic() - started < 5
+    assert codes == {"stubborn": -signal.SIGKILL, "polite": -signal.SIGTERM}
+    assert ("stubborn", "ready") in lines and ("polite", "ready") in lines
+    assert group.exited() == [] and group.pids() == {}
