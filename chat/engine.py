@@ -124,14 +124,11 @@ class BatchEngine:
         """Admit waiting requests (prefill), then decode one token for every running row."""
         events: list[StepEvent] = []
         events += self._drop_cancelled()
-        while self.pending and len(self.rows) < self.max_batch:
-            request = self.pending.popleft()
-            try:
-                event = self._prefill(request)
-            except Exception as exc:  # a bad request must not take the batch down
-                logger.exception("prefill failed for %s", request.id)
-                event = StepEvent(request.id, finish_reason="error", error=f"Generation failed: {exc}")
-            events.append(event)
+        admitted = []
+        while self.pending and len(self.rows) + len(admitted) < self.max_batch:
+            admitted.append(self.pending.popleft())
+        if admitted:
+            events += self._prefill(admitted)
         events += self._finish_rows(events)
         if self.rows:
             events += self._decode()
@@ -155,16 +152,42 @@ class BatchEngine:
             self._keep_rows(keep)
         return events
 
-    def _prefill(self, request: GenerationRequest) -> StepEvent:
-        ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
-        cache = DynamicCache()
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+    def _prefill(self, requests: list[GenerationRequest]) -> list[StepEvent]:
+        """Prefill requests that arrived together in one left-padded forward (a burst of users
+        waits one forward, not one per user); a request that fails alone fails alone."""
+        try:
+            return self._prefill_together(requests)
+        except Exception:
+            if len(requests) == 1:
+                logger.exception("prefill failed for %s", requests[0].id)
+                return [
+                    StepEvent(
+                        requests[0].id, finish_reason="error", error="Generation failed while reading the prompt."
+                    )
+                ]
+            return [event for request in requests for event in self._prefill([request])]
+
+    def _prefill_together(self, requests: list[GenerationRequest]) -> list[StepEvent]:
+        longest = max(len(r.prompt_ids) for r in requests)
+        ids = torch.zeros((len(requests), longest), dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(requests), longest), dtype=torch.long, device=self.device)
+        for i, request in enumerate(requests):
+            n = len(request.prompt_ids)
+            ids[i, longest - n :] = torch.tensor(request.prompt_ids, dtype=torch.long)
+            mask[i, longest - n :] = 1
+        kwargs = {}
+        if len(requests) > 1:
+            kwargs = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        out = self.model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True, **kwargs)
         logits = out.logits[:, -1, :].float()
-        token = int(_sample(logits, [request.temperature], [request.top_p])[0])
-        row = _Row(request=request, decoder=IncrementalDecoder(self.tokenizer))
-        row.next_position = len(request.prompt_ids)
-        self._merge(row, out.past_key_values, len(request.prompt_ids))
-        return self._accept(row, token)
+        tokens = _sample(logits, [r.temperature for r in requests], [r.top_p for r in requests]).tolist()
+        rows = []
+        for request in requests:
+            row = _Row(request=request, decoder=IncrementalDecoder(self.tokenizer))
+            row.next_position = len(request.prompt_ids)
+            rows.append(row)
+        self._merge(rows, out.past_key_values, mask)
+        return [self._accept(row, int(token)) for row, token in zip(rows, tokens, strict=True)]
 
     def _accept(self, row: _Row, token: int) -> StepEvent:
         """Record a sampled token for a row; the row's finish is decided in `_finish_rows`."""
@@ -211,30 +234,29 @@ class BatchEngine:
             self._keep_rows(keep)
         return []
 
-    def _merge(self, row: _Row, cache: DynamicCache, length: int) -> None:
-        """Add a prefilled request's KV cache to the batch, left-padding the shorter side."""
+    def _merge(self, rows: list[_Row], cache: DynamicCache, new_mask: torch.Tensor) -> None:
+        """Add prefilled rows' KV cache to the batch, left-padding the shorter side."""
         new_kv = [(layer.keys, layer.values) for layer in cache.layers]
-        new_mask = torch.ones((1, length), dtype=torch.long, device=self.device)
         if not self.rows:
             self.cache = DynamicCache(ddp_cache_data=new_kv)
             self.mask = new_mask
-            self.rows = [row]
+            self.rows = list(rows)
             return
         old_kv = [(layer.keys, layer.values) for layer in self.cache.layers]
-        old_len = self.mask.shape[1]
+        old_len, length = self.mask.shape[1], new_mask.shape[1]
         total = max(old_len, length)
         merged = [
             (
                 torch.cat([_left_pad(ok, total - old_len), _left_pad(nk, total - length)], dim=0),
                 torch.cat([_left_pad(ov, total - old_len), _left_pad(nv, total - length)], dim=0),
             )
-            for (ok, ov), (nk, nv) in zip(old_kv, new_kv, strict=False)
+            for (ok, ov), (nk, nv) in zip(old_kv, new_kv, strict=True)
         ]
         self.mask = torch.cat(
             [_left_pad_mask(self.mask, total - old_len), _left_pad_mask(new_mask, total - length)], dim=0
         )
         self.cache = DynamicCache(ddp_cache_data=merged)
-        self.rows.append(row)
+        self.rows.extend(rows)
 
     def _keep_rows(self, keep: list[int]) -> None:
         """Keep only the rows at `keep`, and drop leading columns that are padding in all of them."""
