@@ -48,7 +48,9 @@ def main() -> None:
     results = {}
 
     def generate(count: int) -> float:
-        enc = tokenizer(prompts[:count], return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        enc = tokenizer(
+            prompts[:count], return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+        )
         with torch.inference_mode():
             model.generate(**enc, max_new_tokens=4, do_sample=False)
             started = time.perf_counter()
@@ -76,7 +78,11 @@ def main() -> None:
 
     # transformers' continuous batching first: its background thread cannot update tensors
     # that an earlier inference_mode run created.
-    for name, fn in (("transformers generate_batch", continuous), ("model.generate", generate), ("BatchEngine (ours)", engine)):
+    for name, fn in (
+        ("transformers generate_batch", continuous),
+        ("model.generate", generate),
+        ("BatchEngine (ours)", engine),
+    ):
         for count in (1, users):
             try:
                 results[(name, count)] = f"{fn(count):.1f}"

@@ -175,6 +175,14 @@ def _check_system_prompt(system_prompt) -> str | None:
     return system_prompt
 
 
+def _queue_reply(conversation: Conversation, user_message: Message, model: LanguageModel, params: dict) -> Turn:
+    """Create the queued assistant reply and the worker request for it."""
+    reply = Message.objects.create(
+        conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.QUEUED, model=model, params=params
+    )
+    return Turn(conversation, user_message, reply, build_request(reply))
+
+
 def start_turn(user, conversation_id, content, model_slug, params, system_prompt=None) -> Turn:
     """Store the user's message and a queued reply; returns the worker request to enqueue.
     `system_prompt`, when given, is saved on the conversation before the reply is built."""
@@ -200,14 +208,7 @@ def start_turn(user, conversation_id, content, model_slug, params, system_prompt
         user_message = Message.objects.create(
             conversation=conversation, role=Message.Role.USER, content=content, html=render_markdown(content)
         )
-        reply = Message.objects.create(
-            conversation=conversation,
-            role=Message.Role.ASSISTANT,
-            status=Message.Status.QUEUED,
-            model=model,
-            params=resolved,
-        )
-        return Turn(conversation, user_message, reply, build_request(reply))
+        return _queue_reply(conversation, user_message, model, resolved)
 
 
 def regenerate(user, message_id) -> Turn:
@@ -228,12 +229,5 @@ def regenerate(user, message_id) -> Turn:
         )
         params = message.params or _check_params(None, model, conversation)
         message.delete()
-        reply = Message.objects.create(
-            conversation=conversation,
-            role=Message.Role.ASSISTANT,
-            status=Message.Status.QUEUED,
-            model=model,
-            params=params,
-        )
         conversation.save(update_fields=["updated_at"])
-        return Turn(conversation, user_message, reply, build_request(reply))
+        return _queue_reply(conversation, user_message, model, params)

@@ -311,23 +311,20 @@
     link.href = conv.url || "/c/" + Number(conv.id) + "/";
     link.textContent = conv.title;
     li.appendChild(link);
-    var rename = document.createElement("button");
-    rename.type = "button";
-    rename.className = "icon-button rename";
-    rename.setAttribute("data-testid", "rename");
-    rename.title = "Rename";
-    rename.setAttribute("aria-label", "Rename");
-    rename.textContent = "✎";
-    li.appendChild(rename);
-    var del = document.createElement("button");
-    del.type = "button";
-    del.className = "icon-button delete";
-    del.setAttribute("data-testid", "delete");
-    del.title = "Delete";
-    del.setAttribute("aria-label", "Delete");
-    del.textContent = "×";
-    li.appendChild(del);
+    li.appendChild(iconButton("rename", "Rename", "✎"));
+    li.appendChild(iconButton("delete", "Delete", "×"));
     return li;
+  }
+
+  function iconButton(name, label, symbol) {
+    var button = document.createElement("button");
+    button.type = "button";
+    button.className = "icon-button " + name;
+    button.setAttribute("data-testid", name);
+    button.title = label;
+    button.setAttribute("aria-label", label);
+    button.textContent = symbol;
+    return button;
   }
 
   function renderConversationList(items) {
