@@ -275,17 +275,7 @@ class InferenceWorker:
         tokens_per_s = None
         if reply.first_token_at and reply.tokens > 1 and now > reply.first_token_at:
             tokens_per_s = (reply.tokens - 1) / (now - reply.first_token_at)
-        replies.finish(
-            reply.message_id,
-            content=reply.content,
-            finish_reason=reason,
-            next_seq=reply.seq + 1,
-            error=error,
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.tokens,
-            ttft_ms=round(ttft_ms, 1) if ttft_ms is not None else None,
-            tokens_per_s=round(tokens_per_s, 2) if tokens_per_s is not None else None,
-        )
+        # Metrics first: whoever sees the done frame can already read them.
         try:
             metrics.record_reply(
                 model=reply.model,
@@ -298,6 +288,17 @@ class InferenceWorker:
             )
         except RedisError:
             logger.warning("Redis unavailable: metrics of reply %s not recorded", reply.message_id)
+        replies.finish(
+            reply.message_id,
+            content=reply.content,
+            finish_reason=reason,
+            next_seq=reply.seq + 1,
+            error=error,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.tokens,
+            ttft_ms=round(ttft_ms, 1) if ttft_ms is not None else None,
+            tokens_per_s=round(tokens_per_s, 2) if tokens_per_s is not None else None,
+        )
 
 
 def _apply_template(tokenizer, messages: list[dict]) -> list[int]:

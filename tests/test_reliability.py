@@ -177,8 +177,9 @@ def test_fifty_clients_for_a_minute_get_every_reply_in_order_within_memory_bound
         "from chat.models import Message; print('COUNTS', Message.objects.filter(role='assistant').exclude(status='complete').count())",
     )
     assert "COUNTS 0" in counts
+    print(f"replies {len(replies)} in {elapsed:.0f} s; RSS MB daphne {rss['daphne']}, worker {rss['worker']}")
     assert max(rss["daphne"]) < 400, f"daphne grew to {max(rss['daphne']):.0f} MB"
-    assert max(rss["worker"]) < 1500, f"the worker grew to {max(rss['worker']):.0f} MB"
+    assert max(rss["worker"]) < 1200, f"the worker grew to {max(rss['worker']):.0f} MB"
     logs = (stack.log_dir / "daphne.log").read_text()
     assert "Traceback" not in logs
 
