@@ -71,7 +71,7 @@ def main() -> None:
                 page.get_by_test_id("composer-input").wait_for()
                 for run in range(args.runs + 1):  # the first run warms up
                     page.goto("/")
-                    page.locator('[data-testid="connection-status"][data-state="open"]').wait_for()
+                    page.locator('[data-testid="connection-status"][data-state="open"]').wait_for(state="attached")
                     page.get_by_test_id("settings-toggle").click()
                     page.get_by_test_id("temperature").fill("0")
                     page.get_by_test_id("max-tokens").fill(str(args.tokens))
