@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
+from . import streams
 from .models import Conversation, LanguageModel, Message
 
 
@@ -118,6 +119,14 @@ def update_conversation(conversation: Conversation, data) -> SettingsResult:
     if changes:
         conversation.save(update_fields=[*changes.keys(), "updated_at"])
     return SettingsResult(conversation, {})
+
+
+def delete_conversation(conversation: Conversation) -> None:
+    """Delete a conversation and its messages; a reply still generating is stopped first, so its
+    worker frees the batch row instead of generating for nobody."""
+    for message_id in conversation.messages.filter(status__in=Message.ACTIVE_STATUSES).values_list("pk", flat=True):
+        streams.request_stop_sync(message_id)
+    conversation.delete()
 
 
 def conversation_json(conversation: Conversation) -> dict:

@@ -81,7 +81,7 @@ def conversation_update(request: HttpRequest, conversation_id: int) -> JsonRespo
 @require_POST
 def conversation_delete(request: HttpRequest, conversation_id: int) -> JsonResponse:
     conversation = conversations.get_owned_conversation(request.user, conversation_id)
-    conversation.delete()
+    conversations.delete_conversation(conversation)
     return JsonResponse({"deleted": conversation_id})
 
 

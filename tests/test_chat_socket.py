@@ -1,5 +1,7 @@
 """The chat websocket end to end through a real inference worker (tiny model) and real Redis."""
 
+import asyncio
+
 import pytest
 from channels.db import database_sync_to_async
 
@@ -160,4 +162,34 @@ async def test_a_system_prompt_sent_with_the_first_message_shapes_the_first_repl
     )
     request = await database_sync_to_async(build_request)(reply)
     assert request["messages"][0] == {"role": "system", "content": "You are a pirate."}
+    await ws.disconnect()
+
+
+async def test_deleting_a_conversation_stops_its_running_reply(alice, worker):
+    from asgiref.sync import sync_to_async
+    from django.test import Client
+
+    ws, _ = await connect(alice)
+    await send(ws, {"type": "chat.send", "content": "long one", "params": {"max_tokens": 250}})
+    started = await receive(ws)
+    await receive(ws)  # the first delta: the reply is generating
+
+    def delete():
+        client = Client()
+        client.force_login(alice)
+        return client.post(f"/api/conversations/{started['conversation']}/delete/")
+
+    response = await sync_to_async(delete)()
+    assert response.status_code == 200
+    for _ in range(100):
+        if not worker.replies:
+            break
+        await asyncio.sleep(0.05)
+    assert not worker.replies, "the worker kept generating a reply whose conversation was deleted"
+    from chat import metrics
+
+    snapshot = await sync_to_async(metrics.snapshot)()
+    totals = next(s.totals for s in snapshot.series if s.worker == worker.worker_id)
+    assert totals.get("replies_cancelled") == 1
+    assert not await database_sync_to_async(Message.objects.filter(pk=started["message"]).exists)()
     await ws.disconnect()
