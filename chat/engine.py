@@ -119,6 +119,16 @@ class BatchEngine:
         """Stop a request; it is reported with finish_reason 'cancelled' by the next step."""
         self._cancelled.add(request_id)
 
+    def fail_all(self, error: str) -> list[StepEvent]:
+        """After a step raised (out of memory, a broken model): end every request with `error`
+        and start again from an empty batch, so that one failure does not stop the worker."""
+        events = [StepEvent(r.request.id, finish_reason="error", error=error) for r in self.rows]
+        events += [StepEvent(r.id, finish_reason="error", error=error) for r in self.pending]
+        self.rows, self.cache, self.mask = [], None, None
+        self.pending.clear()
+        self._cancelled.clear()
+        return events
+
     @torch.inference_mode()
     def step(self) -> list[StepEvent]:
         """Admit waiting requests (prefill), then decode one token for every running row."""
@@ -157,14 +167,11 @@ class BatchEngine:
         waits one forward, not one per user); a request that fails alone fails alone."""
         try:
             return self._prefill_together(requests)
-        except Exception:
+        except Exception as exc:
             if len(requests) == 1:
                 logger.exception("prefill failed for %s", requests[0].id)
-                return [
-                    StepEvent(
-                        requests[0].id, finish_reason="error", error="Generation failed while reading the prompt."
-                    )
-                ]
+                error = f"Generation failed while reading the prompt: {exc}"
+                return [StepEvent(requests[0].id, finish_reason="error", error=error)]
             return [event for request in requests for event in self._prefill([request])]
 
     def _prefill_together(self, requests: list[GenerationRequest]) -> list[StepEvent]:

@@ -90,9 +90,14 @@ class InferenceWorker:
             close_old_connections()
         for request in requests:
             self.admit(request)
-        for engine in list(self.engines.values()):
+        for slug, engine in list(self.engines.items()):
             if engine.has_work:
-                for event in engine.step():
+                try:
+                    events = engine.step()
+                except Exception as exc:
+                    logger.exception("generation step failed on %s", slug)
+                    events = engine.fail_all(f"Generation failed on the inference worker: {exc}")
+                for event in events:
                     self._on_event(event)
         try:
             self._flush(force=False)

@@ -193,3 +193,27 @@ async def test_deleting_a_conversation_stops_its_running_reply(alice, worker):
     assert totals.get("replies_cancelled") == 1
     assert not await database_sync_to_async(Message.objects.filter(pk=started["message"]).exists)()
     await ws.disconnect()
+
+
+async def test_a_failing_generation_step_fails_its_replies_and_the_worker_keeps_serving(alice, worker):
+    ws, _ = await connect(alice)
+    await send(ws, {"type": "chat.send", "content": "warm up", "params": {"max_tokens": 2}})
+    await until_done(ws, (await receive(ws))["message"])
+    engine = worker.engines["tiny"]
+    real_forward = engine.model.forward
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated out of memory")
+
+    engine.model.forward = broken  # mock: a device failure cannot be caused on purpose here
+    await send(ws, {"type": "chat.send", "content": "this one fails", "params": {"max_tokens": 5}})
+    started = await receive(ws)
+    _, done = await until_done(ws, started["message"])
+    engine.model.forward = real_forward
+    assert done["finish_reason"] == "error"
+    assert "simulated out of memory" in done["error"]
+    await send(ws, {"type": "chat.send", "content": "and this one works", "params": {"max_tokens": 3}})
+    again = await receive(ws)
+    _, done = await until_done(ws, again["message"])
+    assert done["finish_reason"] in ("stop", "length")
+    await ws.disconnect()
