@@ -217,3 +217,37 @@ async def test_a_failing_generation_step_fails_its_replies_and_the_worker_keeps_
     _, done = await until_done(ws, again["message"])
     assert done["finish_reason"] in ("stop", "length")
     await ws.disconnect()
+
+
+async def test_a_message_longer_than_the_model_accepts_is_refused_with_its_size(alice, worker):
+    ws, _ = await connect(alice)
+    await send(ws, {"type": "chat.send", "content": "lorem ipsum " * 400, "params": {"max_tokens": 4}})
+    started = await receive(ws)
+    _, done = await until_done(ws, started["message"])
+    assert done["finish_reason"] == "error"
+    assert "this model accepts at most 512" in done["error"]
+    await ws.disconnect()
+
+
+async def test_old_turns_are_dropped_when_the_history_outgrows_the_model(alice, worker):
+    ws, _ = await connect(alice)
+    conversation = None
+    prompts = []
+    for _ in range(5):  # each turn ~160 tokens: four of them exceed the tiny model's 512
+        await send(
+            ws,
+            {
+                "type": "chat.send",
+                "conversation": conversation,
+                "content": "lorem ipsum " * 30,
+                "params": {"max_tokens": 2},
+            },
+        )
+        started = await receive(ws)
+        conversation = started["conversation"]
+        _, done = await until_done(ws, started["message"])
+        assert done["finish_reason"] in ("stop", "length"), done["error"]
+        assert done["usage"]["prompt_tokens"] <= 512
+        prompts.append(done["usage"]["prompt_tokens"])
+    assert prompts[1] > prompts[0] and prompts[-1] < prompts[-2] + 100  # grew, then old turns were dropped
+    await ws.disconnect()
