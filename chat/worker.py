@@ -100,7 +100,7 @@ class InferenceWorker:
                 for event in events:
                     self._on_event(event)
         try:
-            self._flush(force=False)
+            self._flush()
             if time.monotonic() - self._last_reap > REAP_INTERVAL_S:
                 self._last_reap = time.monotonic()
                 close_old_connections()
@@ -110,15 +110,20 @@ class InferenceWorker:
             logger.warning("Redis unavailable (%s); will retry", exc)
 
     def _pull_requests(self) -> list[dict]:
-        busy = any(engine.has_work for engine in self.engines.values())
+        """Take only as many requests as the batch has room for: the rest stay in the shared
+        queue for other workers (and a full batch costs no Redis round trip per step)."""
+        queued = sum(len(engine.rows) + len(engine.pending) for engine in self.engines.values())
+        room = self.max_batch - queued
         try:
-            if busy:
-                return streams.pop_requests(self.max_batch)
+            if queued:
+                return streams.pop_requests(room) if room > 0 else []
             first = streams.wait_request(timeout=1.0)
-            return [first, *streams.pop_requests(self.max_batch)] if first else []
+            if first is None:
+                return []
+            return [first, *streams.pop_requests(room - 1)] if room > 1 else [first]
         except RedisError as exc:
             logger.warning("Redis unavailable (%s); retrying", exc)
-            if not busy:
+            if not queued:
                 self.stopping.wait(0.5)
             return []
 
@@ -239,12 +244,12 @@ class InferenceWorker:
         if event.finish_reason:
             self._finish(reply, event.finish_reason, error=event.error)
 
-    def _flush(self, force: bool) -> None:
+    def _flush(self) -> None:
         """Write every reply's pending text as one delta each (one pipelined round trip), then
         look for stop markers. Text is only marked sent once Redis accepted it."""
         now = time.monotonic()
         first_pieces = any(r.pending and not r.flushed_once for r in self.replies.values())
-        if not force and not first_pieces and now - self._last_flush < self.flush_interval:
+        if not first_pieces and now - self._last_flush < self.flush_interval:
             return
         self._last_flush = now
         ready = [r for r in self.replies.values() if r.pending]
