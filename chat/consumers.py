@@ -203,7 +203,6 @@ def _settle(message_id: int) -> dict | None:
         if not reaper.reap_message(message):
             return None
         message.refresh_from_db()
-    entries = streams.read_all(message_id)
-    if entries and entries[-1][1] == "done":
+    if streams.has_done(message_id):
         return None  # the forwarder reads it on its next pass
     return replies.done_payload(message)

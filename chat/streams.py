@@ -74,6 +74,12 @@ def read_all(message_id: int) -> list[tuple[int, str, dict]]:
     return [(seq_of(eid), *decode_entry(fields)) for eid, fields in client().xrange(stream_key(message_id))]
 
 
+def has_done(message_id: int) -> bool:
+    """Whether the reply's stream ends with its `done` entry (reads only the last entry)."""
+    last = client().xrevrange(stream_key(message_id), count=1)
+    return bool(last) and decode_entry(last[0][1])[0] == "done"
+
+
 def pop_requests(count: int) -> list[dict]:
     raw = client().lpop(QUEUE_KEY, count) or []
     return [json.loads(item) for item in raw]
