@@ -44,13 +44,6 @@ PROMPTS = [
 ]
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 # --- bare model.generate ---------------------------------------------------------------------
 def bare_generate(tokens: int, users: int) -> dict:
     import django
@@ -109,75 +102,46 @@ def bare_generate(tokens: int, users: int) -> dict:
 
 
 # --- the stack through websockets ------------------------------------------------------------
-async def one_reply(ws_url: str, cookie: str, origin: str, prompt: str, tokens: int) -> dict:
-    import websockets
+async def one_reply(stack, cookie: str, prompt: str, tokens: int) -> dict:
+    """One user: a socket, one greedy message, its timings (the client checks seq order)."""
+    from tests.live_client import Client
 
-    async with websockets.connect(ws_url, additional_headers={"Cookie": cookie, "Origin": origin}, max_size=None) as ws:
-        sent = time.perf_counter()
-        await ws.send(
-            json.dumps({"type": "chat.send", "content": prompt, "params": {"temperature": 0, "max_tokens": tokens}})
-        )
-        first = None
-        seqs = []
-        while True:
-            frame = json.loads(await ws.recv())
-            if frame["type"] == "chat.delta":
-                if first is None:
-                    first = time.perf_counter()
-                seqs.append(frame["seq"])
-            elif frame["type"] == "chat.done":
-                done = time.perf_counter()
-                break
-            elif frame["type"] == "chat.error":
-                raise RuntimeError(frame)
-        assert seqs == list(range(1, len(seqs) + 1)), "deltas lost or out of order"
-        return {
-            "sent": sent,
-            "first": first,
-            "done": done,
-            "ttft_ms": (first - sent) * 1000,
-            "tokens": frame["usage"]["completion_tokens"],
-            "tok_s": frame["usage"]["completion_tokens"] / (done - sent),
-            "server_ttft_ms": frame["timing"]["ttft_ms"],
-        }
+    async with Client(stack, cookie) as client:
+        reply = await client.chat(prompt, temperature=0, max_tokens=tokens)
+        if reply.errors:
+            raise RuntimeError(reply.errors)
+        await client.follow(reply, timeout=600)
+    usage, timing = reply.done["usage"], reply.done["timing"]
+    return {
+        "sent": reply.sent_at,
+        "first": reply.first_at,
+        "done": reply.done_at,
+        "ttft_ms": (reply.first_at - reply.sent_at) * 1000,
+        "tokens": usage["completion_tokens"],
+        "tok_s": usage["completion_tokens"] / (reply.done_at - reply.sent_at),
+        "server_ttft_ms": timing["ttft_ms"],
+    }
 
 
-async def many(ws_url, cookie, origin, n, tokens):
-    return await asyncio.gather(
-        *(one_reply(ws_url, cookie, origin, PROMPTS[i % len(PROMPTS)], tokens) for i in range(n))
-    )
+async def many(stack, cookie: str, n: int, tokens: int) -> list[dict]:
+    return await asyncio.gather(*(one_reply(stack, cookie, PROMPTS[i % len(PROMPTS)], tokens) for i in range(n)))
 
 
 def stack_run(tokens: int, users: int) -> dict:
+    from tests.live_client import login_cookie, rss_mb
     from tests.stack import LiveStack
 
     with tempfile.TemporaryDirectory(prefix="chat-bench-") as tmp:
         stack = LiveStack(Path(tmp), workers=1, extra_env={"CHAT_RATE_LIMIT": "0", "LOG_LEVEL": "WARNING"})
         stack.start()
         try:
-            stack.create_user("bench", "bench-password-123")
-            session = (
-                stack.run_manage(
-                    "shell",
-                    "-c",
-                    "from django.contrib.auth import get_user_model;"
-                    "from django.contrib.sessions.backends.db import SessionStore;"
-                    "u=get_user_model().objects.get(username='bench');"
-                    "s=SessionStore();s['_auth_user_id']=str(u.pk);"
-                    "s['_auth_user_backend']='django.contrib.auth.backends.ModelBackend';"
-                    "s['_auth_user_hash']=u.get_session_auth_hash();s.create();print(s.session_key)",
-                )
-                .strip()
-                .splitlines()[-1]
-            )
-            cookie = f"sessionid={session}"
-            origin = stack.url
+            cookie = login_cookie(stack, "bench")
             worker_pid = list(stack.worker_pids.values())[0]
-            asyncio.run(one_reply(stack.ws_url, cookie, origin, "Hello", 8))  # loads the model
-            single = [asyncio.run(one_reply(stack.ws_url, cookie, origin, PROMPTS[0], tokens)) for _ in range(3)]
+            asyncio.run(one_reply(stack, cookie, "Hello", 8))  # warm-up
+            single = [asyncio.run(one_reply(stack, cookie, PROMPTS[0], tokens)) for _ in range(3)]
             rss_1 = rss_mb(worker_pid)
-            concurrent = asyncio.run(many(stack.ws_url, cookie, origin, users, tokens))
-            sixteen = asyncio.run(many(stack.ws_url, cookie, origin, 16, 32))
+            concurrent = asyncio.run(many(stack, cookie, users, tokens))
+            sixteen = asyncio.run(many(stack, cookie, 16, 32))
             rss_16 = rss_mb(worker_pid)
         finally:
             stack.stop()

