@@ -3,7 +3,7 @@
     .venv/bin/python bench/engines.py [--tokens 64] [--users 8]
 
 Compares, for one stream and for N streams at once: plain `model.generate` (batched, left
-padded), transformers' own continuous batching (`generate_batch`), and chat.engine.BatchEngine
+padded), transformers' own continuous batching (`generate_batch`), and inference.backends.transformers.BatchEngine
 (our step-level continuous batching, what the inference worker runs). Greedy, fixed length.
 """
 
@@ -35,8 +35,9 @@ def main() -> None:
     from django.conf import settings
     from transformers import GenerationConfig
 
-    from chat.engine import BatchEngine, GenerationRequest
-    from chat.loading import PACKAGED_SLUG, ModelSpec, load_model
+    from inference.backends.base import GenerationRequest
+    from inference.backends.transformers import BatchEngine
+    from inference.loading import PACKAGED_SLUG, ModelSpec, load_model
 
     model, tokenizer = load_model(ModelSpec(PACKAGED_SLUG, "packaged", ""), settings.MODEL_DIR)
     n, users = args.tokens, args.users

@@ -52,7 +52,7 @@ def bare_generate(tokens: int, users: int) -> dict:
     import torch
     from django.conf import settings
 
-    from chat.loading import PACKAGED_SLUG, ModelSpec, load_model
+    from inference.loading import PACKAGED_SLUG, ModelSpec, load_model
 
     model, tokenizer = load_model(ModelSpec(PACKAGED_SLUG, "packaged", ""), settings.MODEL_DIR)
     dtype = str(next(model.parameters()).dtype)

@@ -15,9 +15,13 @@ import time
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from redis.exceptions import RedisError
 
-from . import ratelimit, reaper, replies, streams, turns
+from inference import streams
+from inference.protocol import Done
+
+from . import ratelimit, replies, turns
 from .models import Message
 
 logger = logging.getLogger(__name__)
@@ -29,15 +33,37 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.user = self.scope.get("user")
         self.forwarders: dict[int, asyncio.Task] = {}
+        self.closed = False
         await self.accept()
         if self.user is None or not self.user.is_authenticated:
-            await self.close(code=4401)
+            await self.refuse()
+
+    async def refuse(self) -> None:
+        """Close with 4401 (not logged in); later frames are ignored."""
+        self.closed = True
+        for task in self.forwarders.values():
+            task.cancel()
+        await self.close(code=4401)
 
     async def disconnect(self, code) -> None:
+        self.closed = True
         for task in getattr(self, "forwarders", {}).values():
             task.cancel()
 
     async def receive(self, text_data=None, bytes_data=None) -> None:
+        if self.closed:
+            return
+        if not await database_sync_to_async(_session_valid)(self.scope):
+            # Logged out or deactivated since the socket opened.
+            return await self.refuse()
+        try:
+            await self.handle_frame(text_data, bytes_data)
+        except Exception:
+            # Never let a frame kill the socket with a traceback: log it, answer plainly.
+            logger.exception("frame handling failed")
+            await self.error("internal_error", "Something went wrong handling that frame; it was not applied.")
+
+    async def handle_frame(self, text_data, bytes_data) -> None:
         raw = text_data if text_data is not None else (bytes_data or b"")
         size = len(raw.encode() if isinstance(raw, str) else raw)
         if size > settings.CHAT_MAX_FRAME_BYTES:
@@ -48,8 +74,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             frame = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             return await self.error("invalid_json", "The frame is not valid JSON.")
+        except RecursionError:
+            return await self.error("invalid_json", "The frame is nested too deeply.")
         if not isinstance(frame, dict):
             return await self.error("invalid_json", "The frame must be a JSON object.")
+        if _has_lone_surrogate(frame):
+            return await self.error(
+                "invalid_field", "The frame contains an unpaired UTF-16 surrogate (like \\ud800), which is not text."
+            )
         handler = {
             "chat.send": self.on_send,
             "chat.stop": self.on_stop,
@@ -66,6 +98,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await handler(frame)
         except turns.TurnError as exc:
             await self.error(exc.code, exc.message, frame.get("message"))
+        except streams.QueueFull:
+            await self.error(
+                "server_busy",
+                f"The server has {settings.INFERENCE_MAX_QUEUE} requests waiting already. Retry in a minute.",
+                frame.get("message"),
+            )
         except RedisError:
             logger.exception("Redis unavailable")
             await self.error(
@@ -100,7 +138,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def on_stop(self, frame: dict) -> None:
         message = await database_sync_to_async(turns.owned_message)(self.user, frame.get("message"))
         if message.is_active:
-            await streams.request_stop(message.pk)
+            await streams.request_stop(replies.request_id(message.pk))
 
     async def on_resume(self, frame: dict) -> None:
         message = await database_sync_to_async(turns.owned_message)(self.user, frame.get("message"))
@@ -113,16 +151,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def start(self, turn: turns.Turn) -> None:
         try:
             await streams.enqueue(turn.request)
-        except RedisError:
-            # Nothing half-saved: the stored reply is failed with the reason, not left queued.
-            await database_sync_to_async(replies.finish)(
-                turn.reply.pk,
-                content="",
-                finish_reason="error",
-                next_seq=1,
-                error="The reply could not be queued (Redis is down). Send the message again in a few seconds.",
-            )
+        except (RedisError, streams.QueueFull) as exc:
+            # Nothing half-saved: the stored reply is failed with the reason, not left queued
+            # (and a regenerated reply's predecessor is kept).
+            reason = "the server is too busy" if isinstance(exc, streams.QueueFull) else "Redis is down"
+            done = Done("error", error=f"The reply could not be queued ({reason}). Send it again in a minute.")
+            await database_sync_to_async(replies.end)(turn.reply.pk, content="", done=done)
             raise
+        await database_sync_to_async(turns.drop_replaced)(turn)
         await self.send_json(turn.started_frame())
         self.forward(turn.reply.pk, 0)
 
@@ -143,12 +179,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             while True:
                 try:
-                    entries = await streams.read_after(message_id, last, block_ms)
+                    entries = await streams.read_after(replies.request_id(message_id), last, block_ms)
                     block_ms = IDLE_CHECK_MS
                     for seq, kind, data in entries:
                         last = seq
                         if kind == "done":
-                            await self.send_json(data)
+                            await self.send_json(await database_sync_to_async(_done_frame)(message_id))
                             return
                         await self.send_json(
                             {"type": "chat.delta", "message": message_id, "seq": seq, "text": data["text"]}
@@ -185,24 +221,59 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "chat.error", "code": code, "message": message, "message_id": message_id})
 
 
+def _session_valid(scope) -> bool:
+    """The socket's user is still logged in (session not flushed) and still active."""
+    user = scope.get("user")
+    session = scope.get("session")
+    if user is None or not user.is_authenticated:
+        return False
+    if session is None or not session.session_key or not session.exists(session.session_key):
+        return False
+    return get_user_model().objects.filter(pk=user.pk, is_active=True).exists()
+
+
+def _has_lone_surrogate(value, depth: int = 0) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k, depth) or _has_lone_surrogate(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v, depth + 1) for v in value)
+    return False
+
+
+def _deleted_frame(message_id: int) -> dict:
+    return {
+        "type": "chat.done",
+        "message": message_id,
+        "finish_reason": "error",
+        "usage": {},
+        "html": "",
+        "timing": {},
+        "error": "This reply was deleted.",
+    }
+
+
+def _done_frame(message_id: int) -> dict:
+    message = Message.objects.filter(pk=message_id).first()
+    return _deleted_frame(message_id) if message is None else replies.done_frame(message)
+
+
 def _settle(message_id: int) -> dict | None:
     """For a quiet stream: reap the reply if its worker is gone; if it has ended (and its stream
     expired or was reaped meanwhile), return its done frame from the database."""
     message = Message.objects.filter(pk=message_id).first()
     if message is None:
-        return {
-            "type": "chat.done",
-            "message": message_id,
-            "finish_reason": "error",
-            "usage": {},
-            "html": "",
-            "timing": {},
-            "error": "This reply was deleted.",
-        }
+        return _deleted_frame(message_id)
     if message.is_active:
-        if not reaper.reap_message(message):
-            return None
+        replies.reap([message])
         message.refresh_from_db()
-    if streams.has_done(message_id):
+        if message.is_active:
+            return None
+    if streams.has_done(replies.request_id(message_id)):
         return None  # the forwarder reads it on its next pass
-    return replies.done_payload(message)
+    return replies.done_frame(message)

@@ -6,7 +6,9 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
-from . import streams
+from inference import sampling, streams
+
+from . import replies
 from .models import Conversation, LanguageModel, Message
 
 
@@ -37,18 +39,16 @@ class SettingsResult:
     errors: dict[str, str]
 
 
-def _optional_float(raw, name: str, low: float, high: float, errors: dict) -> float | None:
+def _optional_setting(raw, name: str, errors: dict):
+    """A sampling setting from the settings form: empty means "the model's default"."""
     if raw in (None, ""):
         return None
     try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        errors[name] = f"{name} must be a number between {low} and {high}."
+        value = float(raw) if isinstance(raw, str) else raw
+        return sampling.check_setting(name, value)
+    except (TypeError, ValueError) as exc:
+        errors[name] = exc.message if isinstance(exc, sampling.SettingsError) else f"{name} must be a number."
         return None
-    if not low <= value <= high:
-        errors[name] = f"{name} must be between {low} and {high}."
-        return None
-    return value
 
 
 def _whole_number(raw) -> int | None:
@@ -87,10 +87,9 @@ def update_conversation(conversation: Conversation, data) -> SettingsResult:
             )
         else:
             changes["system_prompt"] = prompt
-    if "temperature" in data:
-        changes["temperature"] = _optional_float(data["temperature"], "temperature", 0.0, 2.0, errors)
-    if "top_p" in data:
-        changes["top_p"] = _optional_float(data["top_p"], "top_p", 0.01, 1.0, errors)
+    for name in sampling.SAMPLING_FIELDS:
+        if name in data:
+            changes[name] = _optional_setting(data[name], name, errors)
     if "model" in data:
         model = LanguageModel.objects.enabled().filter(slug=str(data["model"])).first()
         if model is None:
@@ -125,7 +124,7 @@ def delete_conversation(conversation: Conversation) -> None:
     """Delete a conversation and its messages; a reply still generating is stopped first, so its
     worker frees the batch row instead of generating for nobody."""
     for message_id in conversation.messages.filter(status__in=Message.ACTIVE_STATUSES).values_list("pk", flat=True):
-        streams.request_stop_sync(message_id)
+        streams.request_stop_sync(replies.request_id(message_id))
     conversation.delete()
 
 
@@ -137,8 +136,7 @@ def conversation_json(conversation: Conversation) -> dict:
         "updated_at": conversation.updated_at.isoformat(),
         "model": conversation.model.slug if conversation.model else None,
         "system_prompt": conversation.system_prompt,
-        "temperature": conversation.temperature,
-        "top_p": conversation.top_p,
+        **{name: getattr(conversation, name) for name in sampling.SAMPLING_FIELDS},
         "max_tokens": conversation.max_tokens,
     }
 

@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from . import metrics
+from inference import metrics
 
 
 def _token_ok(request: HttpRequest) -> bool:

@@ -8,7 +8,7 @@ import time
 
 from django.conf import settings
 
-from . import streams
+from inference import streams
 
 
 async def retry_after(user_id: int) -> int | None:

@@ -1,15 +1,20 @@
-"""The life of an assistant reply after it is queued: claimed by a worker, then finished exactly
-once (by its worker, or by the reaper if that worker died). Shared by the worker and the reaper."""
+"""Chat's sink for the inference service: an assistant Message is claimed by a worker, then
+finished exactly once (by its worker, or by the reaper if that worker died). Registered under
+the name "chat" when the app is ready; request ids are "chat-<message id>"."""
 
 from __future__ import annotations
 
 from django.db import transaction
 from django.utils import timezone
-from redis.exceptions import RedisError
 
-from . import streams
+from inference import sinks
+from inference.protocol import Done
+
 from .models import Conversation, Message
 from .rendering import render_markdown
+
+SINK = "chat"
+PREFIX = "chat-"
 
 STATUS_FOR_REASON = {
     "stop": Message.Status.COMPLETE,
@@ -21,17 +26,18 @@ STATUS_FOR_REASON = {
 }
 
 
-def claim(message_id: int, worker_id: str) -> bool:
-    """Mark a queued reply as generating on `worker_id`. False if it is gone or already ended
-    (deleted conversation, stopped while queued, reaped): the worker then drops the request."""
-    return bool(
-        Message.objects.filter(pk=message_id, status=Message.Status.QUEUED).update(
-            status=Message.Status.GENERATING, worker=worker_id, updated_at=timezone.now()
-        )
-    )
+def request_id(message_id: int) -> str:
+    return f"{PREFIX}{message_id}"
 
 
-def done_payload(message: Message) -> dict:
+def message_id_of(request_id: str) -> int | None:
+    if not request_id.startswith(PREFIX) or not request_id[len(PREFIX) :].isdigit():
+        return None
+    return int(request_id[len(PREFIX) :])
+
+
+def done_frame(message: Message) -> dict:
+    """The chat.done frame of an ended reply, from its stored row."""
     return {
         "type": "chat.done",
         "message": message.pk,
@@ -43,48 +49,59 @@ def done_payload(message: Message) -> dict:
     }
 
 
-def finish(
-    message_id: int,
-    *,
-    content: str,
-    finish_reason: str,
-    next_seq: int,
-    error: str = "",
-    prompt_tokens: int | None = None,
-    completion_tokens: int | None = None,
-    ttft_ms: float | None = None,
-    tokens_per_s: float | None = None,
-) -> dict | None:
-    """End a reply once: store its text, status and numbers, then append `done` to its stream.
+def end(message_id: int, *, content: str, done: Done, queued_only: bool = False) -> bool:
+    """Store a reply's end once: its text, status and numbers.
 
     Race: the worker finishing a reply while the reaper declares its worker dead. The update is
-    conditional on the reply still being active, so exactly one of them wins; the loser returns
-    None and writes nothing.
+    conditional on the reply still being active, so exactly one of them wins; the loser gets
+    False and writes nothing.
     """
+    statuses = [Message.Status.QUEUED] if queued_only else list(Message.ACTIVE_STATUSES)
     with transaction.atomic():
-        updated = Message.objects.filter(pk=message_id, status__in=Message.ACTIVE_STATUSES).update(
-            status=STATUS_FOR_REASON[finish_reason],
-            finish_reason=finish_reason,
+        updated = Message.objects.filter(pk=message_id, status__in=statuses).update(
+            status=STATUS_FOR_REASON[done.finish_reason],
+            finish_reason=done.finish_reason,
             content=content,
             html=render_markdown(content),
-            error=error,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            ttft_ms=ttft_ms,
-            tokens_per_s=tokens_per_s,
+            error=done.error,
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+            ttft_ms=done.ttft_ms,
+            tokens_per_s=done.tokens_per_s,
             updated_at=timezone.now(),
         )
         if not updated:
-            return None
-        message = Message.objects.select_related("conversation").get(pk=message_id)
-        Conversation.objects.filter(pk=message.conversation_id).update(updated_at=timezone.now())
-    payload = done_payload(message)
-    try:
-        pipe = streams.client().pipeline()
-        streams.append(pipe, message_id, next_seq, "done", payload)
-        pipe.execute()
-    except RedisError:
-        # Redis down, or an id clash (a done entry exists already): the database is the truth,
-        # and a client that resumes gets this done frame from it.
-        pass
-    return payload
+            return False
+        conversation_id = Message.objects.filter(pk=message_id).values_list("conversation_id", flat=True).first()
+        Conversation.objects.filter(pk=conversation_id).update(updated_at=timezone.now())
+    return True
+
+
+class ChatSink(sinks.Sink):
+    def claim(self, request_id: str, worker_id: str) -> bool:
+        message_id = message_id_of(request_id)
+        return message_id is not None and bool(
+            Message.objects.filter(pk=message_id, status=Message.Status.QUEUED).update(
+                status=Message.Status.GENERATING, worker=worker_id, updated_at=timezone.now()
+            )
+        )
+
+    def finish(self, request_id: str, content: str, done: Done, *, queued_only: bool = False) -> bool:
+        message_id = message_id_of(request_id)
+        return message_id is not None and end(message_id, content=content, done=done, queued_only=queued_only)
+
+    def pending(self, request_ids: list[str] | None = None) -> list[sinks.Pending]:
+        active = Message.objects.filter(status__in=Message.ACTIVE_STATUSES)
+        if request_ids is not None:
+            active = active.filter(pk__in=[m for m in map(message_id_of, request_ids) if m is not None])
+        return [
+            sinks.Pending(request_id(pk), status == Message.Status.GENERATING, worker, created_at)
+            for pk, status, worker, created_at in active.values_list("pk", "status", "worker", "created_at")
+        ]
+
+
+def reap(messages) -> None:
+    """Reap these replies if nothing can ever end them (a dead worker, no worker at all)."""
+    from inference import reaper
+
+    reaper.reap(SINK, [request_id(m.pk) for m in messages if m.is_active])

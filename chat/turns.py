@@ -1,14 +1,17 @@
 """Starting, regenerating, stopping and resuming replies: "check" (ownership, validation) then
-"do" (write rows, build the worker request). Used by the websocket consumer; synchronous code."""
+"do" (write rows, build the inference request). Used by the websocket consumer; synchronous code."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
 
+from inference import sampling
+from inference.protocol import Request
+
+from . import replies
 from .models import Conversation, LanguageModel, Message
 from .rendering import render_markdown
 
@@ -29,7 +32,8 @@ class Turn:
     conversation: Conversation
     user_message: Message
     reply: Message
-    request: dict
+    request: Request
+    replaces: int | None = None  # regenerate: the old reply, deleted once the new one is queued
 
     def started_frame(self) -> dict:
         return {
@@ -37,7 +41,7 @@ class Turn:
             "conversation": self.conversation.pk,
             "user_message": self.user_message.pk,
             "message": self.reply.pk,
-            "model": self.request["model"],
+            "model": self.request.model,
             "title": self.conversation.title,
         }
 
@@ -84,30 +88,27 @@ def _check_model(slug, conversation: Conversation | None) -> LanguageModel:
 
 
 def _check_params(params, model: LanguageModel, conversation: Conversation | None) -> dict:
-    if params is None:
-        params = {}
-    if not isinstance(params, dict):
-        raise TurnError("invalid_field", "params must be an object.")
-    unknown = set(params) - {"temperature", "top_p", "max_tokens"}
-    if unknown:
-        raise TurnError("invalid_field", f"Unknown params: {', '.join(sorted(unknown))}.")
+    """The request's settings: what the frame asks, else the conversation's, else the model's."""
+    try:
+        return sampling.resolve(
+            {} if params is None else params,
+            *([conversation] if conversation is not None else []),
+            model,
+            cap=model.max_new_tokens_cap,
+        )
+    except sampling.SettingsError as exc:
+        raise TurnError("invalid_field", exc.message) from exc
 
-    def pick(name):
-        if params.get(name) is not None:
-            return params[name]
-        if conversation is not None and getattr(conversation, name) is not None:
-            return getattr(conversation, name)
-        return getattr(model, name)
 
-    temperature, top_p, max_tokens = pick("temperature"), pick("top_p"), pick("max_tokens")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-        raise TurnError("invalid_field", "temperature must be a number from 0 to 2.")
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise TurnError("invalid_field", "top_p must be a number above 0 and at most 1.")
-    cap = model.max_new_tokens_cap
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= cap:
-        raise TurnError("invalid_field", f"max_tokens must be a whole number from 1 to {cap} for this model.")
-    return {"temperature": float(temperature), "top_p": float(top_p), "max_tokens": max_tokens}
+def _check_capacity(user) -> None:
+    limit = settings.CHAT_MAX_ACTIVE_PER_USER
+    active = Message.objects.filter(conversation__user=user, status__in=Message.ACTIVE_STATUSES).count()
+    if active >= limit:
+        raise TurnError(
+            "too_many_replies",
+            f"You already have {active} replies being generated (the limit is {limit}). "
+            "Wait for one to finish or stop one, then send again.",
+        )
 
 
 def owned_message(user, message_id) -> Message:
@@ -139,26 +140,28 @@ def _check_not_busy(conversation: Conversation) -> None:
 
 
 # --- do --------------------------------------------------------------------------------------
-def build_request(reply: Message) -> dict:
-    """The worker's request: the chat history up to (not including) `reply`, and its settings."""
+def build_request(reply: Message, replaces: int | None = None) -> Request:
+    """The inference request: the chat history up to (not including) `reply`, and its settings."""
     conversation = reply.conversation
     model = reply.model
     system = conversation.system_prompt or model.system_prompt
     history = []
     if system.strip():
         history.append({"role": "system", "content": system})
-    for message in conversation.messages.filter(id__lt=reply.pk).order_by("id"):
-        if message.role == Message.Role.ASSISTANT and not message.content:
+    earlier = conversation.messages.filter(id__lt=reply.pk).exclude(pk=replaces).order_by("id")
+    for role, content in earlier.values_list("role", "content"):
+        if role == Message.Role.ASSISTANT and not content:
             continue
-        history.append({"role": message.role, "content": message.content})
-    return {
-        "message": reply.pk,
-        "model": model.slug,
-        "messages": history,
-        "params": reply.params,
-        "max_input_tokens": model.max_input_tokens,
-        "enqueued_at": time.time(),
-    }
+        history.append({"role": role, "content": content})
+    return Request(
+        id=replies.request_id(reply.pk),
+        model=model.slug,
+        messages=history,
+        sampling=reply.params,
+        max_input_tokens=model.max_input_tokens,
+        sink=replies.SINK,
+        user=str(conversation.user_id),
+    )
 
 
 def _check_system_prompt(system_prompt) -> str | None:
@@ -175,12 +178,14 @@ def _check_system_prompt(system_prompt) -> str | None:
     return system_prompt
 
 
-def _queue_reply(conversation: Conversation, user_message: Message, model: LanguageModel, params: dict) -> Turn:
-    """Create the queued assistant reply and the worker request for it."""
+def _queue_reply(
+    conversation: Conversation, user_message: Message, model: LanguageModel, params: dict, replaces: int | None = None
+) -> Turn:
+    """Create the queued assistant reply and the inference request for it."""
     reply = Message.objects.create(
         conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.QUEUED, model=model, params=params
     )
-    return Turn(conversation, user_message, reply, build_request(reply))
+    return Turn(conversation, user_message, reply, build_request(reply, replaces), replaces)
 
 
 def start_turn(user, conversation_id, content, model_slug, params, system_prompt=None) -> Turn:
@@ -188,6 +193,7 @@ def start_turn(user, conversation_id, content, model_slug, params, system_prompt
     `system_prompt`, when given, is saved on the conversation before the reply is built."""
     content = _check_content(content)
     system_prompt = _check_system_prompt(system_prompt)
+    _check_capacity(user)
     with transaction.atomic():
         # Race: two tabs sending in one conversation at once; the row lock serialises them so
         # the busy check sees the first one's queued reply.
@@ -212,8 +218,10 @@ def start_turn(user, conversation_id, content, model_slug, params, system_prompt
 
 
 def regenerate(user, message_id) -> Turn:
-    """Replace the latest finished assistant reply of a conversation with a new one."""
+    """Queue a new reply in place of the latest finished assistant reply of a conversation. The
+    old reply stays until the new one is queued (`Turn.replaces`; see `drop_replaced`)."""
     message = owned_message(user, message_id)
+    _check_capacity(user)
     with transaction.atomic():
         conversation = _locked_owned_conversation(user, message.conversation_id)
         latest = conversation.messages.order_by("-id").first()
@@ -227,7 +235,16 @@ def regenerate(user, message_id) -> Turn:
         model = (
             _check_model(None, conversation) if message.model is None or not message.model.enabled else message.model
         )
-        params = message.params or _check_params(None, model, conversation)
-        message.delete()
+        # The old reply's settings, checked again: the model's cap may have been lowered since.
+        old = {k: v for k, v in (message.params or {}).items() if k in {*sampling.SAMPLING_FIELDS, "seed", "stop"}}
+        if isinstance((message.params or {}).get("max_tokens"), int):
+            old["max_tokens"] = min(message.params["max_tokens"], model.max_new_tokens_cap)
+        params = _check_params(old, model, conversation)
         conversation.save(update_fields=["updated_at"])
-        return _queue_reply(conversation, user_message, model, params)
+        return _queue_reply(conversation, user_message, model, params, replaces=message.pk)
+
+
+def drop_replaced(turn: Turn) -> None:
+    """After a regenerated reply was queued: delete the reply it replaces."""
+    if turn.replaces is not None:
+        Message.objects.filter(pk=turn.replaces, conversation=turn.conversation).delete()

@@ -8,8 +8,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
-from . import conversations, reaper
-from .models import LanguageModel
+from inference.models import LanguageModel
+
+from . import conversations, replies
+from .models import Message
 
 
 @login_required
@@ -19,7 +21,7 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
     messages = []
     if conversation_id is not None:
         conversation = conversations.get_owned_conversation(request.user, conversation_id)
-        reaper.reap_conversation(conversation)
+        replies.reap(conversation.messages.filter(status__in=Message.ACTIVE_STATUSES))
         messages = list(conversations.visible_messages(conversation))
     models = list(LanguageModel.objects.enabled())
     default_model = LanguageModel.default()
@@ -89,7 +91,7 @@ def conversation_delete(request: HttpRequest, conversation_id: int) -> JsonRespo
 @require_GET
 def conversation_messages(request: HttpRequest, conversation_id: int) -> JsonResponse:
     conversation = conversations.get_owned_conversation(request.user, conversation_id)
-    reaper.reap_conversation(conversation)
+    replies.reap(conversation.messages.filter(status__in=Message.ACTIVE_STATUSES))
     return JsonResponse(
         {"messages": [conversations.message_json(m) for m in conversations.visible_messages(conversation)]}
     )

@@ -5,6 +5,8 @@ unix socket under VAR_DIR, the packaged default model). A bad value fails loudly
 """
 
 import os
+import secrets
+import stat
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -61,6 +63,32 @@ MODEL_DIR = Path(env_str("MODEL_DIR", str(VAR_DIR / "models")))
 DEBUG = env_bool("DEBUG", False)
 
 
+def _make_private(path: Path, mode: int) -> None:
+    """Give a file or folder we own exactly `mode` (someone else's is left alone)."""
+    info = path.stat()
+    if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != mode:
+        path.chmod(mode)
+
+
+def _private_var_dir() -> None:
+    """VAR_DIR holds the secret key, the SQLite file and the private Redis socket: owner only (0700).
+
+    Created when this process keeps something there by default; an existing one is tightened.
+    """
+    if not all(os.environ.get(name) for name in ("SECRET_KEY", "DATABASE_URL", "REDIS_URL")):
+        VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if VAR_DIR.is_dir():
+        _make_private(VAR_DIR, 0o700)
+
+
+def _read_secret_key(path: Path) -> str:
+    _make_private(path, 0o600)
+    key = path.read_text().strip()
+    if not key:
+        raise ImproperlyConfigured(f"{path} is empty: delete it to generate a new key, or set SECRET_KEY.")
+    return key
+
+
 def _secret_key() -> str:
     key = os.environ.get("SECRET_KEY")
     if key:
@@ -68,16 +96,29 @@ def _secret_key() -> str:
     # Local default: a random key generated once and kept under VAR_DIR (never in the repo).
     path = VAR_DIR / "secret_key"
     if path.exists():
-        return path.read_text().strip()
+        return _read_secret_key(path)
     from django.core.management.utils import get_random_secret_key
 
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
-    key = get_random_secret_key()
-    path.write_text(key)
-    path.chmod(0o600)
-    return key
+    # Several processes start at once (daphne, workers, Celery): each writes a complete key to its
+    # own 0600 temporary file, then hard-links it to the final name, which succeeds for exactly
+    # one of them; the others read the winner's key. The file is never seen empty or half-written.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(get_random_secret_key())
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process won the race; its key is the key
+    finally:
+        tmp.unlink(missing_ok=True)
+    return _read_secret_key(path)
 
 
+_private_var_dir()
 SECRET_KEY = _secret_key()
 
 ALLOWED_HOSTS = [h.strip() for h in env_str("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
@@ -92,12 +133,15 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "chatsite",
+    "inference",
     "chat",
     "finetuning",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "chatsite.security.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -165,14 +209,49 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = VAR_DIR / "static"
+# Behind a proxy that serves collectstatic output, point this outside VAR_DIR (which is 0700).
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
 SERVE_STATIC = env_bool("SERVE_STATIC", True)
 
+# --- HTTPS, cookies and security headers ---------------------------------------------------
+# The defaults suit `make run` on http://127.0.0.1:8000; docs/deploy.md lists the production
+# values, under which `manage.py check --deploy` reports no issues.
+# HTTPS=1: the site is reached over https only: secure cookies, and http requests are redirected.
+HTTPS = env_bool("HTTPS", False)
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", HTTPS)
+# Strict-Transport-Security (sent over https only); 0 sends none. Production: 31536000 (a year).
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# BEHIND_PROXY=1: a proxy terminates TLS and forwards X-Forwarded-Proto (which it must set,
+# overwriting the client's) and appends the client address to X-Forwarded-For (login throttling
+# reads the last entry). Never set it when clients reach daphne directly: they could forge both.
+BEHIND_PROXY = env_bool("BEHIND_PROXY", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_PROXY else None
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+# Sent with every HTML page (chatsite.security); empty sends none. Pages load scripts and styles
+# from /static/ only (no inline script, no eval, and a style="" attribute is ignored). Under
+# CSP Level 3, 'self' in connect-src also allows the page's own ws:// or wss:// origin, which
+# the chat socket uses (any browser since 2022), and no other socket host.
+CONTENT_SECURITY_POLICY = env_str(
+    "CONTENT_SECURITY_POLICY",
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'",
+)
+
+# --- Login throttling (chatsite/loginthrottle.py) ------------------------------------------
+# After LOGIN_FAILURE_LIMIT failed logins for one username, or from one client address, within
+# LOGIN_FAILURE_WINDOW_S seconds, further attempts are refused, the password unchecked, until
+# enough of those failures are older than the window. 0 turns the limit off.
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=0)
+LOGIN_FAILURE_WINDOW_S = env_int("LOGIN_FAILURE_WINDOW_S", 300, minimum=1)
 
 # --- Redis: channel layer, token streams, inference queue, Celery broker -------------------
 # Unset: the run command starts a private Redis on this unix socket (never port 6379).
@@ -216,6 +295,21 @@ INFERENCE_HEARTBEAT_TTL_S = env_int("INFERENCE_HEARTBEAT_TTL_S", 5, minimum=2)
 INFERENCE_QUEUE_TIMEOUT_S = env_int("INFERENCE_QUEUE_TIMEOUT_S", 30, minimum=1)
 # Maximum number of requests decoded together in one batch by a worker.
 INFERENCE_MAX_BATCH = env_int("INFERENCE_MAX_BATCH", 16, minimum=1)
+# Most requests waiting in the shared queue; more are refused with a clear "server busy" error.
+INFERENCE_MAX_QUEUE = env_int("INFERENCE_MAX_QUEUE", 200, minimum=1)
+# Most models one worker keeps loaded; the least recently used idle one is unloaded first.
+INFERENCE_MAX_MODELS = env_int("INFERENCE_MAX_MODELS", 2, minimum=1)
+# A model unused this long is unloaded (0: never).
+INFERENCE_IDLE_UNLOAD_S = env_int("INFERENCE_IDLE_UNLOAD_S", 1800, minimum=0)
+# llama.cpp: threads (0: the number of CPU cores) and parallel sequences (slots) per model.
+INFERENCE_LLAMACPP_THREADS = env_int("INFERENCE_LLAMACPP_THREADS", 0, minimum=0)
+INFERENCE_LLAMACPP_PARALLEL = env_int("INFERENCE_LLAMACPP_PARALLEL", 8, minimum=1)
+# Prompts longer than this are prefilled in chunks between decoding steps (transformers backend).
+INFERENCE_PREFILL_CHUNK = env_int("INFERENCE_PREFILL_CHUNK", 256, minimum=16)
+# Extra folders (comma-separated) a "local folder" model may be loaded from, besides MODEL_DIR.
+INFERENCE_MODEL_ROOTS = [p for p in env_str("INFERENCE_MODEL_ROOTS", "").split(",") if p.strip()]
+# Most replies one user may have queued or generating at once, across conversations.
+CHAT_MAX_ACTIVE_PER_USER = env_int("CHAT_MAX_ACTIVE_PER_USER", 3, minimum=1)
 
 # /metrics (Prometheus): staff users, or `Authorization: Bearer <METRICS_TOKEN>` when set.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")

@@ -48,7 +48,7 @@ def build_tiny_model(target: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from chat.loading import install_packaged_model
+    from inference.loading import install_packaged_model
 
     tokenizer = AutoTokenizer.from_pretrained(install_packaged_model(TEST_MODEL_DIR))
     torch.manual_seed(0)
@@ -93,7 +93,7 @@ def bob(django_user_model):
 
 @pytest.fixture
 def tiny_model(tiny_model_dir):
-    from chat.models import LanguageModel
+    from inference.models import LanguageModel
 
     return LanguageModel.objects.create(
         name="Tiny",
@@ -113,7 +113,7 @@ class WorkerThread:
     """The real InferenceWorker, run in a thread of the test process (same code path)."""
 
     def __init__(self, worker_id: str) -> None:
-        from chat.worker import InferenceWorker
+        from inference.worker import InferenceWorker
 
         self.worker = InferenceWorker(worker_id=worker_id)
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -53,7 +53,7 @@ def use_model(stack, slug: str, location: str) -> None:
 
 def wait_until_workers_loaded(stack, timeout: float = 120) -> None:
     """Wait until every worker of the stack has loaded a model (its heartbeat lists it)."""
-    from chat.streams import worker_key
+    from inference.streams import worker_key
 
     deadline = time.monotonic() + timeout
     with stack.redis() as conn:

@@ -3,7 +3,7 @@
 `LiveStack` runs `migrate` and `installdefaultmodel`, then starts daphne and N inference workers
 (`manage.py inferenceworker --worker-id stack-w0`, `stack-w1`, ...) exactly as `manage.py
 runstack` does, through the same supervisor (`chatsite.processes.ProcessGroup`). It waits until
-the login page answers 200 and every worker's heartbeat key `chat:worker:<id>` is in Redis.
+the login page answers 200 and every worker's heartbeat key `inference:worker:<id>` is in Redis.
 
 Its world, fresh for every stack:
 - database: a new SQLite file in the stack's tmp dir; or, when DATABASE_URL points at PostgreSQL,
@@ -52,8 +52,8 @@ from urllib.parse import urlparse, urlunparse
 import pytest
 import redis
 
-from chat.streams import worker_key
 from chatsite.processes import ProcessGroup, start_private_redis, tail
+from inference.streams import worker_key
 
 REPO = Path(__file__).resolve().parent.parent
 MANAGE_PY = REPO / "manage.py"

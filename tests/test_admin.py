@@ -8,6 +8,7 @@ from django.test import Client
 from django.urls import reverse
 
 from chat.models import Conversation, LanguageModel, Message
+from inference.sampling import SAMPLING_FIELDS
 
 pytestmark = pytest.mark.django_db
 
@@ -22,12 +23,12 @@ def admin_client(django_user_model) -> Client:
 
 @pytest.fixture
 def first():
-    return LanguageModel.objects.create(name="First", slug="first", location="/models/first", is_default=True)
+    return LanguageModel.objects.create(name="First", slug="first", location="models/first", is_default=True)
 
 
 @pytest.fixture
 def second():
-    return LanguageModel.objects.create(name="Second", slug="second", location="/models/second")
+    return LanguageModel.objects.create(name="Second", slug="second", location="models/second")
 
 
 @pytest.fixture
@@ -54,11 +55,12 @@ def form_data(model: LanguageModel, **changes) -> dict:
         "is_default": model.is_default,
         "source": model.source,
         "location": model.location,
+        "backend": model.backend,
+        "gguf_file": model.gguf_file,
         "device": model.device,
         "dtype": model.dtype,
         "system_prompt": model.system_prompt,
-        "temperature": model.temperature,
-        "top_p": model.top_p,
+        **{name: getattr(model, name) for name in SAMPLING_FIELDS},
         "max_tokens": model.max_tokens,
         "max_new_tokens_cap": model.max_new_tokens_cap,
         "max_input_tokens": model.max_input_tokens,
@@ -69,7 +71,7 @@ def form_data(model: LanguageModel, **changes) -> dict:
 
 def run_action(client: Client, action: str, *models: LanguageModel):
     return client.post(
-        reverse("admin:chat_languagemodel_changelist"),
+        reverse("admin:inference_languagemodel_changelist"),
         {"action": action, ACTION_CHECKBOX_NAME: [str(m.pk) for m in models], "index": "0"},
         follow=True,
     )
@@ -77,23 +79,23 @@ def run_action(client: Client, action: str, *models: LanguageModel):
 
 # --- access ------------------------------------------------------------------------------------
 def test_a_superuser_can_open_the_model_list_and_the_add_page(admin_client, first, second):
-    response = admin_client.get(reverse("admin:chat_languagemodel_changelist"))
+    response = admin_client.get(reverse("admin:inference_languagemodel_changelist"))
     assert response.status_code == 200
     assert b"First" in response.content and b"Second" in response.content
-    response = admin_client.get(reverse("admin:chat_languagemodel_add"))
+    response = admin_client.get(reverse("admin:inference_languagemodel_add"))
     assert response.status_code == 200
     assert b'name="max_new_tokens_cap"' in response.content
 
 
 def test_a_superuser_can_open_a_models_change_page(admin_client, first):
-    response = admin_client.get(reverse("admin:chat_languagemodel_change", args=[first.pk]))
+    response = admin_client.get(reverse("admin:inference_languagemodel_change", args=[first.pk]))
     assert response.status_code == 200
-    assert b'value="/models/first"' in response.content
+    assert b'value="models/first"' in response.content
 
 
 @pytest.mark.parametrize(
     "url",
-    ["admin:index", "admin:chat_languagemodel_changelist", "admin:chat_conversation_changelist"],
+    ["admin:index", "admin:inference_languagemodel_changelist", "admin:chat_conversation_changelist"],
 )
 def test_a_user_who_is_not_staff_is_sent_to_the_admin_login(alice, url):
     client = Client()
@@ -104,7 +106,7 @@ def test_a_user_who_is_not_staff_is_sent_to_the_admin_login(alice, url):
 
 
 def test_an_anonymous_visitor_is_sent_to_the_admin_login():
-    response = Client().get(reverse("admin:chat_languagemodel_changelist"))
+    response = Client().get(reverse("admin:inference_languagemodel_changelist"))
     assert response.status_code == 302
     assert response["Location"].startswith(reverse("admin:login"))
 
@@ -112,7 +114,7 @@ def test_an_anonymous_visitor_is_sent_to_the_admin_login():
 def test_a_user_who_is_not_staff_cannot_add_a_model(alice, first):
     client = Client()
     client.force_login(alice)
-    response = client.post(reverse("admin:chat_languagemodel_add"), form_data(first, name="Evil", slug="evil"))
+    response = client.post(reverse("admin:inference_languagemodel_add"), form_data(first, name="Evil", slug="evil"))
     assert response.status_code == 302
     assert not LanguageModel.objects.filter(slug="evil").exists()
 
@@ -124,7 +126,7 @@ def test_adding_a_model_through_the_admin_form_creates_it(admin_client, first):
         max_tokens=128,
         max_new_tokens_cap=1024,
     )
-    response = admin_client.post(reverse("admin:chat_languagemodel_add"), data)
+    response = admin_client.post(reverse("admin:inference_languagemodel_add"), data)
     assert response.status_code == 302, response.context["adminform"].form.errors if response.context else None
     created = LanguageModel.objects.get(slug="hub-model")
     assert created.source == "hub" and created.location == "HuggingFaceTB/SmolLM2-360M-Instruct"
@@ -136,11 +138,11 @@ def test_adding_a_model_through_the_admin_form_creates_it(admin_client, first):
 @pytest.mark.parametrize("form", ["add", "change"])
 def test_ticking_is_default_on_the_form_moves_the_default_to_that_model(admin_client, first, second, form):
     if form == "add":
-        model = LanguageModel(name="New", slug="new", location="/models/new")
-        url = reverse("admin:chat_languagemodel_add")
+        model = LanguageModel(name="New", slug="new", location="models/new")
+        url = reverse("admin:inference_languagemodel_add")
     else:
         model = second
-        url = reverse("admin:chat_languagemodel_change", args=[second.pk])
+        url = reverse("admin:inference_languagemodel_change", args=[second.pk])
     response = admin_client.post(url, form_data(model, is_default=True))
     assert response.status_code == 302, str(response.context["errors"])
     assert defaults() == [model.slug]
@@ -148,15 +150,15 @@ def test_ticking_is_default_on_the_form_moves_the_default_to_that_model(admin_cl
 
 def test_a_local_model_without_a_folder_is_refused(admin_client):
     data = form_data(LanguageModel(name="Nowhere", slug="nowhere", source="local", location=""))
-    response = admin_client.post(reverse("admin:chat_languagemodel_add"), data)
+    response = admin_client.post(reverse("admin:inference_languagemodel_add"), data)
     assert response.status_code == 200
     assert "location" in response.context["adminform"].form.errors
     assert not LanguageModel.objects.filter(slug="nowhere").exists()
 
 
 def test_a_default_above_the_new_tokens_cap_is_refused(admin_client):
-    data = form_data(LanguageModel(name="Odd", slug="odd", location="/m"), max_tokens=600, max_new_tokens_cap=500)
-    response = admin_client.post(reverse("admin:chat_languagemodel_add"), data)
+    data = form_data(LanguageModel(name="Odd", slug="odd", location="m"), max_tokens=600, max_new_tokens_cap=500)
+    response = admin_client.post(reverse("admin:inference_languagemodel_add"), data)
     assert response.status_code == 200
     assert "max_tokens" in response.context["adminform"].form.errors
     assert not LanguageModel.objects.filter(slug="odd").exists()
@@ -230,7 +232,7 @@ def test_the_disable_action_disables_other_models(admin_client, first, second):
 
 
 def test_unticking_enabled_on_the_default_models_change_form_is_refused(admin_client, first):
-    url = reverse("admin:chat_languagemodel_change", args=[first.pk])
+    url = reverse("admin:inference_languagemodel_change", args=[first.pk])
     response = admin_client.post(url, form_data(first, enabled=False))
     assert response.status_code == 200
     assert "must be enabled" in str(response.context["adminform"].form.errors)
@@ -249,7 +251,7 @@ def test_unticking_enabled_on_the_default_in_the_list_is_refused(admin_client, f
         "form-1-enabled": "on",
         "_save": "Save",
     }
-    response = admin_client.post(reverse("admin:chat_languagemodel_changelist"), data)
+    response = admin_client.post(reverse("admin:inference_languagemodel_changelist"), data)
     assert response.status_code == 200
     assert "must be enabled" in str(response.context["cl"].formset.errors)
     first.refresh_from_db()
@@ -299,3 +301,13 @@ def test_the_conversation_and_message_lists_open_for_a_superuser(admin_client, a
         response = admin_client.get(reverse(f"admin:chat_{name}_changelist"))
         assert response.status_code == 200
     assert b"Alice&#x27;s chat" in admin_client.get(reverse("admin:chat_conversation_changelist")).content
+
+
+@pytest.mark.django_db
+def test_a_local_model_outside_the_model_folders_is_refused(admin_client):
+    first = LanguageModel.objects.first() or LanguageModel(name="x", slug="x", location="x")
+    data = form_data(first, name="Escape", slug="escape", location="/etc", is_default=False)
+    response = admin_client.post(reverse("admin:inference_languagemodel_add"), data)
+    assert response.status_code == 200
+    assert "must lie under MODEL_DIR" in str(response.context["adminform"].form.errors["location"])
+    assert not LanguageModel.objects.filter(slug="escape").exists()

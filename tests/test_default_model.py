@@ -5,8 +5,8 @@ import uuid
 import pytest
 from channels.db import database_sync_to_async
 
-from chat.defaults import ensure_default_model
 from chat.models import Message
+from inference.defaults import ensure_default_model
 
 from .conftest import WorkerThread
 from .socket_client import connect, receive, send, until_done
@@ -29,7 +29,7 @@ async def test_the_default_model_answers_a_question_through_the_socket(alice, de
         ws,
         {
             "type": "chat.send",
-            "content": "What is the capital of France?",
+            "content": "What is the capital of Germany?",
             "params": {"temperature": 0, "max_tokens": 24},
         },
     )
@@ -37,9 +37,9 @@ async def test_the_default_model_answers_a_question_through_the_socket(alice, de
     assert started["model"] == "smollm2-135m-instruct"
     deltas, done = await until_done(ws, started["message"], timeout=180)
     text = "".join(d["text"] for d in deltas)
-    assert "Paris" in text
+    assert "Berlin" in text
     assert done["finish_reason"] == "stop"
-    assert "Paris" in done["html"]
+    assert "Berlin" in done["html"]
     reply = await database_sync_to_async(Message.objects.get)(pk=started["message"])
     assert reply.content == text and reply.tokens_per_s > 0 and reply.ttft_ms > 0
     await ws.disconnect()

@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from chat.engine import BatchEngine, GenerationRequest, IncrementalDecoder, stop_token_ids
+from inference.backends.base import GenerationRequest
+from inference.backends.transformers import BatchEngine, IncrementalDecoder, stop_token_ids
 
 PROMPTS = ["Hello", "Write a poem about the sea and the sky", "2+2?", "Tell me a story about a dragon"]
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from chat import metrics, streams
+from inference import metrics, streams
 
 from .socket_client import connect, receive, send, until_done
 
@@ -10,7 +10,7 @@ from .socket_client import connect, receive, send, until_done
 @pytest.fixture
 def clean_metrics():
     conn = streams.client()
-    for key in conn.scan_iter("chat:metrics:*"):
+    for key in conn.scan_iter("inference:metrics:*"):
         conn.delete(key)
 
 

@@ -4,8 +4,9 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from chat import reaper, streams
+from chat import replies
 from chat.models import Conversation, Message
+from inference import reaper, streams
 
 from .socket_client import connect, send, until_done
 
@@ -16,10 +17,11 @@ def _orphan(user, model, worker_id="dead-worker"):
     reply = Message.objects.create(
         conversation=conversation, role="assistant", status=Message.Status.GENERATING, model=model, worker=worker_id
     )
+    rid = replies.request_id(reply.pk)
     pipe = streams.client().pipeline()
-    pipe.delete(streams.stream_key(reply.pk))
-    streams.append(pipe, reply.pk, 1, "delta", {"text": "Hello "})
-    streams.append(pipe, reply.pk, 2, "delta", {"text": "wor"})
+    pipe.delete(streams.stream_key(rid))
+    streams.append(pipe, rid, 1, "delta", {"text": "Hello "})
+    streams.append(pipe, rid, 2, "delta", {"text": "wor"})
     pipe.execute()
     return reply
 
@@ -42,7 +44,7 @@ async def test_resuming_a_reply_whose_worker_died_reports_it_interrupted(alice, 
 def test_a_reply_on_a_live_worker_is_left_alone(alice, tiny_model):
     streams.heartbeat("alive-worker", {})
     reply = _orphan(alice, tiny_model, worker_id="alive-worker")
-    assert not reaper.reap_message(reply)
+    assert not reaper.reap(replies.SINK, [replies.request_id(reply.pk)])
     reply.refresh_from_db()
     assert reply.status == Message.Status.GENERATING
 
@@ -61,8 +63,8 @@ def test_opening_the_conversation_page_reaps_its_orphans(client, alice, tiny_mod
 @pytest.mark.django_db
 def test_a_finished_reply_is_never_finished_twice(alice, tiny_model):
     reply = _orphan(alice, tiny_model)
-    assert reaper.reap_message(reply)
+    assert reaper.reap(replies.SINK, [replies.request_id(reply.pk)])
     Message.objects.filter(pk=reply.pk).update(updated_at=timezone.now())
     reply.refresh_from_db()
-    assert not reaper.reap_message(reply)
-    assert [kind for _, kind, _ in streams.read_all(reply.pk)].count("done") == 1
+    assert not reaper.reap(replies.SINK, [replies.request_id(reply.pk)])
+    assert [kind for _, kind, _ in streams.read_all(replies.request_id(reply.pk))].count("done") == 1

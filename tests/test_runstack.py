@@ -2,14 +2,18 @@
 
 REDIS_URL is unset, so the launcher starts its private Redis on a unix socket under VAR_DIR;
 the database is a fresh SQLite file there; MODEL_DIR reuses var/test-models (converted once).
+A SIGKILLed inference worker is restarted (its running reply ends `interrupted`, the next one is
+served by the new process); a worker that keeps crashing, or a dead daphne, stops everything.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,13 +24,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.live_client import Client, login_cookie, stored_message, use_model
 from tests.stack import MANAGE_PY, REPO, TEST_MODEL_DIR, free_port
 
 pytestmark = pytest.mark.stack
 
 START_TIMEOUT_S = 240  # the first run on a machine converts the default model (~25 s)
 PASSWORD_LINE = re.compile(r"Log in at (http://\S+) as (\S+) / (\S+)")
-STARTED_LINE = re.compile(r"started (\S+) \(pid (\d+)\)")
+STARTED_LINE = re.compile(r"started (\S+) \(pid (\d+)[,)]")  # also "restarted worker-0 (pid 7, restart 1)"
 
 
 class Launcher:
@@ -56,6 +61,27 @@ class Launcher:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/chat/"
+
+    def run_manage(self, *args: str, timeout: float = 120) -> str:
+        """`manage.py <args>` on the launcher's database and Redis; its stdout (tests/live_client.py)."""
+        result = subprocess.run(
+            [sys.executable, str(MANAGE_PY), *args],
+            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    def create_user(self, username: str, password: str) -> None:
+        self.run_manage(
+            "shell",
+            "-c",
+            "from django.contrib.auth import get_user_model\n"
+            f"get_user_model().objects.create_user({username!r}, password={password!r})\n",
+        )
 
     @property
     def output(self) -> str:
@@ -90,11 +116,14 @@ class Launcher:
 
     def wait_until_serving(self, timeout: float = START_TIMEOUT_S) -> None:
         """Until the login page answers 200 and the inference worker has registered."""
+        # Either may come first: a worker can register before daphne listens.
         self.wait_for_line("Inference worker\\(s\\) ready", timeout)
+        self.wait_for_line("Serving on http://", timeout)
         response = requests.get(f"{self.url}accounts/login/", timeout=10)
         assert response.status_code == 200
 
     def child_pids(self) -> dict[str, int]:
+        """The latest pid of each child (a restarted one's replaces the one that died)."""
         return {m.group(1): int(m.group(2)) for m in map(STARTED_LINE.search, self.output.splitlines()) if m}
 
     def tail(self, n: int = 60) -> str:
@@ -125,6 +154,11 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
 def _wait_gone(pids: dict[str, int], deadline: float) -> dict[str, int]:
@@ -186,7 +220,7 @@ def test_runstack_prints_a_working_admin_password_and_ctrl_c_stops_every_process
         launcher.cleanup()
 
 
-def test_runstack_stops_everything_and_fails_when_a_child_dies(var_dir):
+def test_runstack_stops_everything_and_fails_when_daphne_dies(var_dir):
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
     env.update(VAR_DIR=str(var_dir), DJANGO_SUPERUSER_PASSWORD="boss-pass-123")
     for args in (["migrate", "--no-input"], ["createsuperuser", "--no-input", "--username", "boss", "--email", ""]):
@@ -201,10 +235,91 @@ def test_runstack_stops_everything_and_fails_when_a_child_dies(var_dir):
         children = launcher.child_pids()
         assert set(children) == {"redis", "daphne", "worker-0"}, launcher.output
 
-        os.kill(children["worker-0"], signal.SIGKILL)
+        os.kill(children["daphne"], signal.SIGKILL)
         deadline = time.monotonic() + 20
         assert launcher.process.wait(timeout=20) != 0, launcher.tail()
-        assert re.search(r"worker-0 \(pid \d+\) exited unexpectedly", launcher.output), launcher.tail()
+        assert re.search(
+            r"daphne \(pid \d+\) exited unexpectedly \(killed by SIGKILL.*\); it is not restarted", launcher.output
+        ), launcher.tail()
+        assert "| restarted " not in launcher.output
+        assert _wait_gone(children, deadline) == {}, launcher.tail()
+        assert not (var_dir / "redis.sock").exists()
+    finally:
+        launcher.cleanup()
+
+
+def test_a_killed_inference_worker_is_restarted_its_reply_interrupted_and_the_next_served(var_dir, tiny_model_dir):
+    launcher = Launcher(var_dir, "--no-celery")
+    try:
+        launcher.wait_until_serving()
+        use_model(launcher, "tiny", str(tiny_model_dir))  # a random 2-layer model: long, fast replies
+        cookie = login_cookie(launcher, "alice")
+        first_id = f"{socket.gethostname()}-0"
+        victim = launcher.child_pids()["worker-0"]
+        assert _parent(victim) == launcher.process.pid
+
+        async def scenario():
+            async with Client(launcher, cookie) as client:
+                reply = await client.chat("a long story", max_tokens=4000)
+                await client.follow(reply, until_deltas=3)
+                os.kill(victim, signal.SIGKILL)  # as the out-of-memory killer would
+                killed_at = time.monotonic()
+                await client.follow(reply, timeout=30)
+                waited = time.monotonic() - killed_at
+                after = await client.chat("are you there?", conversation=reply.started["conversation"], max_tokens=8)
+                await client.follow(after, timeout=90)
+                return reply, waited, after, time.monotonic() - killed_at
+
+        reply, waited, after, served_after = asyncio.run(scenario())
+        assert reply.done["finish_reason"] == "interrupted", reply.done
+        assert waited < 10, f"the interruption took {waited:.1f} s to reach the client"
+        assert after.done["finish_reason"] in ("stop", "length"), (after.done, launcher.tail())
+        assert stored_message(launcher, reply.started["message"])["worker"] == first_id
+        assert stored_message(launcher, after.started["message"])["worker"] == f"{first_id}-r1"
+
+        crash = re.escape(
+            f"worker-0 (pid {victim}) exited unexpectedly (killed by SIGKILL, possibly by the out-of-memory"
+        )
+        launcher.wait_for_line(crash + r".*restarting it in 1 s", 5)
+        restarted = int(launcher.wait_for_line(r"restarted worker-0 \(pid (\d+), restart 1\)", 5).group(1))
+        assert restarted != victim and _alive(restarted) and _parent(restarted) == launcher.process.pid
+        ready = launcher.wait_for_line(
+            rf"Inference worker {re.escape(first_id)}-r1 ready .*, ([\d.]+) s after the crash", 5
+        )
+        print(
+            f"interrupted after {waited:.1f} s; worker back {ready.group(1)} s after the crash; "
+            f"next reply done {served_after:.1f} s after the crash"
+        )
+
+        children = launcher.child_pids()
+        assert launcher.process.poll() is None, launcher.tail()
+        launcher.process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 20
+        assert launcher.process.wait(timeout=20) == 0, launcher.tail()
+        assert _wait_gone(children, deadline) == {}, launcher.tail()
+    finally:
+        launcher.cleanup()
+
+
+def test_a_worker_that_keeps_crashing_stops_everything_with_the_reason(var_dir):
+    launcher = Launcher(var_dir, "--no-celery")
+    try:
+        launcher.wait_until_serving()
+        for restart in range(1, 5):
+            os.kill(launcher.child_pids()["worker-0"], signal.SIGKILL)
+            launcher.wait_for_line(rf"restarted worker-0 \(pid \d+, restart {restart}\)", 30)
+        children = launcher.child_pids()
+        os.kill(children["worker-0"], signal.SIGKILL)  # the fifth crash within 120 s
+
+        deadline = time.monotonic() + 20
+        assert launcher.process.wait(timeout=20) != 0, launcher.tail()
+        assert re.search(
+            r"worker-0 \(pid \d+\) exited unexpectedly \(killed by SIGKILL.*It crashed 5 times in [\d.]+ s "
+            r"\(the limit is 5 within 120 s\), so it is not restarted again\. Its output is above",
+            launcher.output,
+        ), launcher.tail()
+        # Waits of 1, 2, 4 and 8 s before the four restarts.
+        assert re.findall(r"restarting it in (\d+) s", launcher.output) == ["1", "2", "4", "8"]
         assert _wait_gone(children, deadline) == {}, launcher.tail()
         assert not (var_dir / "redis.sock").exists()
     finally:

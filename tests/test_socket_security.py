@@ -8,10 +8,10 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 
-from chat import streams
 from chat.models import Conversation, LanguageModel, Message
 from chat.rendering import render_markdown
 from chatsite.asgi import application
+from inference import streams
 
 from .socket_client import _session_cookie, connect, receive, send, until_done
 
@@ -111,7 +111,11 @@ BAD_FRAMES = [
     ("max_tokens over cap", send_frame(params={"max_tokens": 257}), "invalid_field", "256"),
     ("max_tokens string", send_frame(params={"max_tokens": "ten"}), "invalid_field", "max_tokens"),
     ("max_tokens float", send_frame(params={"max_tokens": 10.5}), "invalid_field", "max_tokens"),
-    ("unknown param", send_frame(params={"top_k": 5}), "invalid_field", "top_k"),
+    ("unknown param", send_frame(params={"top_z": 5}), "invalid_field", "top_z"),
+    ("top_k negative", send_frame(params={"top_k": -1}), "invalid_field", "top_k"),
+    ("min_p above 1", send_frame(params={"min_p": 1.5}), "invalid_field", "min_p"),
+    ("seed negative", send_frame(params={"seed": -3}), "invalid_field", "seed"),
+    ("stop not strings", send_frame(params={"stop": [1]}), "invalid_field", "stop"),
     ("params not an object", send_frame(params=[0.7]), "invalid_field", "params"),
     ("conversation id as string", send_frame(conversation="1"), "invalid_field", "conversation"),
     ("conversation id zero", send_frame(conversation=0), "invalid_field", "conversation"),
@@ -287,7 +291,7 @@ async def test_another_user_cannot_stop_a_reply_and_it_finishes_normally(alice, 
     bob_ws, _ = await connect(bob)
     await send(bob_ws, {"type": "chat.stop", "message": started["message"]})
     await expect_error(bob_ws, "not_found")
-    assert not await database_sync_to_async(streams.client().exists)(streams.stop_key(started["message"]))
+    assert not await database_sync_to_async(streams.client().exists)(streams.stop_key(f"chat-{started['message']}"))
 
     _, done = await until_done(alice_ws, started["message"])
     assert done["finish_reason"] in ("stop", "length")

@@ -2,7 +2,7 @@ import signal
 
 from django.core.management.base import BaseCommand
 
-from chat.worker import InferenceWorker
+from inference.worker import InferenceWorker
 
 
 class Command(BaseCommand):

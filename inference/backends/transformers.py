@@ -1,9 +1,13 @@
-"""The inference engine: step-level batched generation over a transformers causal LM.
+"""The transformers backend: step-level batched generation over a transformers causal LM.
 
 Requests join and leave the running batch between decoding steps. Every row keeps its own
 attention mask (left padding) and position ids in one shared KV cache, the way left-padded
 batched `generate` works, so a request arriving mid-way waits for one step, not for another
 user's whole reply. Requests with different sampling settings and lengths share batches.
+
+A prompt longer than `prefill_chunk` tokens is prefilled in chunks, one chunk per step between
+decoding steps (as vLLM and llama.cpp do), so one user's long prompt delays the others' next
+tokens by one chunk's forward, not by the whole prompt.
 
 This module knows nothing of Django, Redis or websockets: the worker feeds it requests and
 forwards the text pieces it returns.
@@ -18,6 +22,9 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
+
+from ..sampling import PENALTY_WINDOW
+from .base import Backend, GenerationRequest, StepEvent, merge_events
 
 logger = logging.getLogger(__name__)
 
@@ -54,29 +61,6 @@ class IncrementalDecoder:
 
 
 @dataclass
-class GenerationRequest:
-    """One reply to generate. `prompt_ids` is the tokenized chat template output."""
-
-    id: str
-    prompt_ids: list[int]
-    max_new_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    enqueued_at: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class StepEvent:
-    """What one request produced in one engine step."""
-
-    request_id: str
-    text: str = ""
-    new_tokens: int = 0
-    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
-    error: str = ""
-
-
-@dataclass
 class _Row:
     request: GenerationRequest
     decoder: IncrementalDecoder
@@ -84,17 +68,32 @@ class _Row:
     next_position: int = 0
     generated: int = 0
     first_token_at: float | None = None
+    recent: deque = field(default_factory=lambda: deque(maxlen=PENALTY_WINDOW))  # for penalties
+    generator: torch.Generator | None = None  # per-request RNG when a seed is given
 
 
-class BatchEngine:
+@dataclass
+class _Prefill:
+    """A long prompt being prefilled chunk by chunk in its own cache."""
+
+    request: GenerationRequest
+    cache: DynamicCache
+    done: int = 0
+
+
+class BatchEngine(Backend):
     """Continuous batching over one model: call `add`, then `step` until `has_work` is false."""
 
-    def __init__(self, model, tokenizer, max_batch: int = 16) -> None:
+    name = "transformers"
+
+    def __init__(self, model, tokenizer, max_batch: int = 16, prefill_chunk: int = 256) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.prefill_chunk = prefill_chunk
         self.device = next(model.parameters()).device
         self.pending: deque[GenerationRequest] = deque()
+        self.prefilling: list[_Prefill] = []
         self.rows: list[_Row] = []
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # [batch, cache_len] of 0/1
@@ -104,11 +103,15 @@ class BatchEngine:
     # --- public API ------------------------------------------------------------------------
     @property
     def has_work(self) -> bool:
-        return bool(self.pending or self.rows)
+        return bool(self.pending or self.prefilling or self.rows)
 
     @property
     def active_count(self) -> int:
         return len(self.rows)
+
+    @property
+    def load(self) -> int:
+        return len(self.pending) + len(self.prefilling) + len(self.rows)
 
     def add(self, request: GenerationRequest) -> None:
         if not request.prompt_ids:
@@ -122,10 +125,11 @@ class BatchEngine:
     def fail_all(self, error: str) -> list[StepEvent]:
         """After a step raised (out of memory, a broken model): end every request with `error`
         and start again from an empty batch, so that one failure does not stop the worker."""
-        events = [StepEvent(r.request.id, finish_reason="error", error=error) for r in self.rows]
+        events = [StepEvent(r.request.id, finish_reason="error", error=error) for r in self.rows + self.prefilling]
         events += [StepEvent(r.id, finish_reason="error", error=error) for r in self.pending]
         self.rows, self.cache, self.mask = [], None, None
         self.pending.clear()
+        self.prefilling.clear()
         self._cancelled.clear()
         return events
 
@@ -134,16 +138,22 @@ class BatchEngine:
         """Admit waiting requests (prefill), then decode one token for every running row."""
         events: list[StepEvent] = []
         events += self._drop_cancelled()
-        admitted = []
-        while self.pending and len(self.rows) + len(admitted) < self.max_batch:
-            admitted.append(self.pending.popleft())
-        if admitted:
-            events += self._prefill(admitted)
+        short = []
+        while self.pending and len(self.rows) + len(self.prefilling) + len(short) < self.max_batch:
+            request = self.pending.popleft()
+            if len(request.prompt_ids) > self.prefill_chunk:
+                self.prefilling.append(_Prefill(request, DynamicCache()))
+            else:
+                short.append(request)
+        if short:
+            events += self._prefill(short)
+        if self.prefilling:
+            events += self._prefill_chunk()
         events += self._finish_rows(events)
         if self.rows:
             events += self._decode()
             events += self._finish_rows(events)
-        return _merge_events(events)
+        return merge_events(events)
 
     # --- internals -------------------------------------------------------------------------
     def _drop_cancelled(self) -> list[StepEvent]:
@@ -153,6 +163,9 @@ class BatchEngine:
         for request in [r for r in self.pending if r.id in self._cancelled]:
             self.pending.remove(request)
             events.append(StepEvent(request.id, finish_reason="cancelled"))
+        for prefill in [p for p in self.prefilling if p.request.id in self._cancelled]:
+            self.prefilling.remove(prefill)
+            events.append(StepEvent(prefill.request.id, finish_reason="cancelled"))
         keep = [i for i, row in enumerate(self.rows) if row.request.id not in self._cancelled]
         for row in self.rows:
             if row.request.id in self._cancelled:
@@ -170,7 +183,7 @@ class BatchEngine:
         except Exception as exc:
             if len(requests) == 1:
                 logger.exception("prefill failed for %s", requests[0].id)
-                error = f"Generation failed while reading the prompt: {exc}"
+                error = f"Generation failed while reading the prompt ({type(exc).__name__})."
                 return [StepEvent(requests[0].id, finish_reason="error", error=error)]
             return [event for request in requests for event in self._prefill([request])]
 
@@ -188,15 +201,48 @@ class BatchEngine:
         # logits_to_keep=1: only the last position's logits; all of them would be
         # prompts x length x vocabulary floats (126 MB for 16 prompts of 40 tokens).
         out = self.model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1, **kwargs)
-        logits = out.logits[:, -1, :].float()
-        tokens = _sample(logits, [r.temperature for r in requests], [r.top_p for r in requests]).tolist()
-        rows = []
-        for request in requests:
-            row = _Row(request=request, decoder=IncrementalDecoder(self.tokenizer))
-            row.next_position = len(request.prompt_ids)
-            rows.append(row)
+        rows = [self._new_row(request) for request in requests]
+        tokens = sample(out.logits[:, -1, :].float(), rows)
         self._merge(rows, out.past_key_values, mask)
         return [self._accept(row, int(token)) for row, token in zip(rows, tokens, strict=True)]
+
+    def _new_row(self, request: GenerationRequest) -> _Row:
+        row = _Row(request=request, decoder=IncrementalDecoder(self.tokenizer))
+        row.next_position = len(request.prompt_ids)
+        row.recent.extend(request.prompt_ids[-PENALTY_WINDOW:])
+        if request.seed is not None:
+            row.generator = torch.Generator(device=self.device).manual_seed(int(request.seed))
+        return row
+
+    def _prefill_chunk(self) -> list[StepEvent]:
+        """Run one chunk of the oldest long prompt; when its last chunk is done, sample its first
+        token and move it into the running batch."""
+        prefill = self.prefilling[0]
+        request = prefill.request
+        chunk = request.prompt_ids[prefill.done : prefill.done + self.prefill_chunk]
+        try:
+            ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
+            out = self.model(input_ids=ids, past_key_values=prefill.cache, use_cache=True, logits_to_keep=1)
+        except Exception as exc:
+            logger.exception("prefill failed for %s", request.id)
+            self.prefilling.pop(0)
+            return [
+                StepEvent(
+                    request.id,
+                    finish_reason="error",
+                    error=f"Generation failed while reading the prompt ({type(exc).__name__}).",
+                )
+            ]
+        prefill.cache = out.past_key_values
+        prefill.done += len(chunk)
+        if prefill.done < len(request.prompt_ids):
+            return []
+        self.prefilling.pop(0)
+        row = self._new_row(request)
+        token = sample(out.logits[:, -1, :].float(), [row])[0]
+        mask = torch.ones((1, len(request.prompt_ids)), dtype=torch.long, device=self.device)
+        self._merge([row], prefill.cache, mask)
+        return [self._accept(row, int(token))]
 
     def _accept(self, row: _Row, token: int) -> StepEvent:
         """Record a sampled token for a row; the row's finish is decided in `_finish_rows`."""
@@ -204,6 +250,7 @@ class BatchEngine:
             row.first_token_at = time.monotonic()
         row.generated += 1
         row.next_token = token
+        row.recent.append(token)
         if token in self.stop_ids:
             return StepEvent(row.request.id, new_tokens=1, finish_reason="stop")
         text = row.decoder.step(token)
@@ -223,10 +270,7 @@ class BatchEngine:
             use_cache=True,
         )
         self.cache = out.past_key_values
-        logits = out.logits[:, -1, :].float()
-        tokens = _sample(
-            logits, [r.request.temperature for r in self.rows], [r.request.top_p for r in self.rows]
-        ).tolist()
+        tokens = sample(out.logits[:, -1, :].float(), self.rows)
         events = []
         for row, token in zip(self.rows, tokens, strict=False):
             row.next_position += 1
@@ -299,39 +343,55 @@ def _left_pad_mask(mask: torch.Tensor, amount: int) -> torch.Tensor:
     return torch.cat([mask.new_zeros((mask.shape[0], amount)), mask], dim=1)
 
 
-def _merge_events(events: list[StepEvent]) -> list[StepEvent]:
-    """One event per request per step, in order: text concatenated, last finish wins."""
-    merged: dict[str, StepEvent] = {}
-    for event in events:
-        current = merged.get(event.request_id)
-        if current is None:
-            merged[event.request_id] = StepEvent(
-                event.request_id, event.text, event.new_tokens, event.finish_reason, event.error
-            )
+def _apply_penalties(logits: torch.Tensor, rows: list[_Row]) -> None:
+    """Repetition (multiplicative, as in transformers and llama.cpp), frequency and presence
+    penalties over each row's last PENALTY_WINDOW tokens, in place."""
+    for i, row in enumerate(rows):
+        r = row.request
+        if r.repetition_penalty == 1.0 and r.frequency_penalty == 0.0 and r.presence_penalty == 0.0:
             continue
-        current.text += event.text
-        current.new_tokens += event.new_tokens
-        current.finish_reason = current.finish_reason or event.finish_reason
-        current.error = current.error or event.error
-    return list(merged.values())
+        if not row.recent:
+            continue
+        ids, counts = torch.tensor(list(row.recent), device=logits.device).unique(return_counts=True)
+        values = logits[i, ids]
+        if r.repetition_penalty != 1.0:
+            values = torch.where(values > 0, values / r.repetition_penalty, values * r.repetition_penalty)
+        values = values - counts.to(values.dtype) * r.frequency_penalty - r.presence_penalty
+        logits[i, ids] = values
 
 
-def _sample(logits: torch.Tensor, temperatures: list[float], top_ps: list[float]) -> torch.Tensor:
-    """Pick one token per row: greedy where temperature is 0, nucleus sampling elsewhere."""
-    greedy = logits.argmax(dim=-1)
-    temps = torch.tensor(temperatures, dtype=logits.dtype, device=logits.device)
-    if bool((temps <= 0).all()):
-        return greedy
-    scaled = logits / temps.clamp(min=1e-5).unsqueeze(1)
-    probs = torch.softmax(scaled, dim=-1)
-    top_p = torch.tensor(top_ps, dtype=probs.dtype, device=probs.device).unsqueeze(1)
-    sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True)
-    cumulative = sorted_probs.cumsum(dim=-1)
-    # Keep the smallest set whose mass reaches top_p (always at least the top token).
-    sorted_probs = sorted_probs.masked_fill((cumulative - sorted_probs) >= top_p, 0.0)
-    choice = torch.multinomial(sorted_probs, 1).squeeze(1)
-    sampled = sorted_idx.gather(1, choice.unsqueeze(1)).squeeze(1)
-    return torch.where(temps <= 0, greedy, sampled)
+def _filter(probs: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
+    """One row's probabilities with top-k, top-p and min-p applied (not renormalised)."""
+    if top_k > 0 and top_k < probs.numel():
+        kth = probs.topk(top_k).values[-1]
+        probs = probs.masked_fill(probs < kth, 0.0)
+    if top_p < 1.0:
+        sorted_probs, sorted_idx = probs.sort(descending=True)
+        cumulative = sorted_probs.cumsum(0)
+        # Keep the smallest set whose mass reaches top_p (always at least the top token).
+        drop = (cumulative - sorted_probs) >= top_p * cumulative[-1]
+        probs = probs.scatter(0, sorted_idx[drop], 0.0)
+    if min_p > 0.0:
+        probs = probs.masked_fill(probs < min_p * probs.max(), 0.0)
+    return probs
+
+
+def sample(logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+    """Pick one token per row: penalties, then greedy where temperature is 0; elsewhere top-k,
+    top-p and min-p on the untempered distribution, then temperature (llama.cpp's order)."""
+    _apply_penalties(logits, rows)
+    greedy = logits.argmax(dim=-1).tolist()
+    tokens = []
+    for i, row in enumerate(rows):
+        r = row.request
+        if r.temperature <= 0:
+            tokens.append(greedy[i])
+            continue
+        kept = _filter(torch.softmax(logits[i], dim=-1), r.top_k, r.top_p, r.min_p)
+        scaled = torch.where(kept > 0, logits[i] / r.temperature, torch.full_like(logits[i], float("-inf")))
+        probs = torch.softmax(scaled, dim=-1)
+        tokens.append(int(torch.multinomial(probs, 1, generator=row.generator)))
+    return tokens
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:

@@ -2,9 +2,9 @@
 the Prometheus endpoint and the admin page.
 
 Per (model, worker) series:
-- `chat:metrics:recent:<model>|<worker>`: the last RECENT replies as JSON (time to first token,
+- `inference:metrics:recent:<model>|<worker>`: the last RECENT replies as JSON (time to first token,
   mean inter-token latency, tokens/s), from which percentiles are computed;
-- `chat:metrics:totals:<model>|<worker>`: counters (replies by finish reason, tokens, sums).
+- `inference:metrics:totals:<model>|<worker>`: counters (replies by finish reason, tokens, sums).
 Gauges come from live state: the queue length and each worker's heartbeat (active replies).
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from . import streams
 
 RECENT = 500
-SERIES_KEY = "chat:metrics:series"
+SERIES_KEY = "inference:metrics:series"
 QUANTILES = (0.5, 0.9, 0.99)
 
 
@@ -41,9 +41,9 @@ def record_reply(
     pipe = streams.client().pipeline(transaction=False)
     pipe.sadd(SERIES_KEY, series)
     sample = {"ttft": ttft_s, "itl": itl_s, "tps": tokens_per_s, "t": time.time()}
-    pipe.lpush(f"chat:metrics:recent:{series}", json.dumps(sample))
-    pipe.ltrim(f"chat:metrics:recent:{series}", 0, RECENT - 1)
-    totals = f"chat:metrics:totals:{series}"
+    pipe.lpush(f"inference:metrics:recent:{series}", json.dumps(sample))
+    pipe.ltrim(f"inference:metrics:recent:{series}", 0, RECENT - 1)
+    totals = f"inference:metrics:totals:{series}"
     pipe.hincrby(totals, f"replies_{finish_reason}", 1)
     pipe.hincrby(totals, "tokens", tokens)
     if ttft_s is not None:
@@ -87,8 +87,8 @@ def snapshot() -> Snapshot:
     for raw in sorted(conn.smembers(SERIES_KEY)):
         name = raw.decode()
         model, worker = name.split("|", 1)
-        samples = [json.loads(x) for x in conn.lrange(f"chat:metrics:recent:{name}", 0, -1)]
-        totals = {k.decode(): float(v) for k, v in conn.hgetall(f"chat:metrics:totals:{name}").items()}
+        samples = [json.loads(x) for x in conn.lrange(f"inference:metrics:recent:{name}", 0, -1)]
+        totals = {k.decode(): float(v) for k, v in conn.hgetall(f"inference:metrics:totals:{name}").items()}
         ttfts = [s["ttft"] for s in samples if s.get("ttft") is not None]
         itls = [s["itl"] for s in samples if s.get("itl") is not None]
         tps = [s["tps"] for s in samples if s.get("tps") is not None]

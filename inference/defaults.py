@@ -2,8 +2,9 @@
 
 from django.db import transaction
 
-from .loading import PACKAGED_NAME, PACKAGED_SLUG
+from .loading import PACKAGED_GGUF, PACKAGED_NAME, PACKAGED_SLUG
 from .models import LanguageModel
+from .sampling import PACKAGED_DEFAULTS
 
 
 def ensure_default_model() -> tuple[LanguageModel, bool]:
@@ -16,8 +17,9 @@ def ensure_default_model() -> tuple[LanguageModel, bool]:
             name=PACKAGED_NAME,
             slug=PACKAGED_SLUG,
             source=LanguageModel.Source.PACKAGED,
-            temperature=0.2,
-            top_p=0.9,
+            backend=LanguageModel.Backend.AUTO,
+            gguf_file=PACKAGED_GGUF,
+            **PACKAGED_DEFAULTS.to_dict(),
             max_tokens=512,
             max_new_tokens_cap=2048,
             max_input_tokens=2048,

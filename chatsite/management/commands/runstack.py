@@ -2,7 +2,13 @@
 
 A private Redis (when REDIS_URL is unset), migrations, the default model, an admin account,
 then daphne, the inference worker(s) and the Celery worker as supervised children. Ctrl-C or
-SIGTERM stops them all; a child that dies on its own stops the rest and exits non-zero.
+SIGTERM stops them all.
+
+A crashed inference or Celery worker (a bug, SIGKILL, the out-of-memory killer) is restarted
+after 1 s, 2 s, 4 s ... (at most 30 s); a restarted inference worker gets a new worker id
+(`<host>-0-r1`, ...), so the replies the dead one was running are seen as orphaned and marked
+interrupted. Five crashes of one worker within 120 s, or the death of daphne or Redis, stop
+everything with a message that says why, and runstack exits non-zero.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 from django.conf import settings
@@ -21,12 +29,13 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from chat.streams import worker_key
-from chatsite.processes import ProcessGroup, RedisStartError, start_private_redis
+from chatsite.processes import ProcessGroup, RedisStartError, RestartPolicy, Supervisor, start_private_redis
 
 MANAGE_PY = Path(settings.BASE_DIR) / "manage.py"
 STOP_TIMEOUT_S = 10.0
 REDIS_START_TIMEOUT_S = 15.0
+# Inference and Celery workers are restarted when they crash; daphne and Redis are not.
+WORKER_RESTARTS = RestartPolicy(initial_delay_s=1, max_delay_s=30, reset_after_s=60, max_crashes=5, window_s=120)
 
 
 class _Shutdown(Exception):
@@ -37,7 +46,7 @@ class Command(BaseCommand):
     help = (
         "Run the whole stack on this machine: a private Redis (when REDIS_URL is unset), "
         "migrations, the default model, an admin account, daphne, the inference worker(s) "
-        "and the Celery worker. Ctrl-C stops everything."
+        "and the Celery worker. A crashed inference or Celery worker is restarted. Ctrl-C stops everything."
     )
 
     def add_arguments(self, parser) -> None:
@@ -56,6 +65,11 @@ class Command(BaseCommand):
         self.phase = "setup"
         self.group = ProcessGroup()  # daphne, workers, celery
         self.infra = ProcessGroup(sink=self.group.sink)  # the private Redis: stopped last
+        self.supervisor = Supervisor(self.group, say=self.say)  # restarts crashed workers
+        self.infra_supervisor = Supervisor(self.infra, say=self.say)  # Redis: never restarted
+        self.worker_ids: dict[str, str] = {}  # inference worker child -> its current worker id
+        self.unregistered: set[str] = set()  # inference worker children not yet in Redis
+        self.workers_announced = False
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             code = self._run(options)
@@ -99,30 +113,40 @@ class Command(BaseCommand):
         self.group.cwd = settings.BASE_DIR
         self._start("daphne", [python, "-m", "daphne", "-b", host, "-p", str(port), "chatsite.asgi:application"])
         hostname = socket.gethostname()
-        worker_ids = [f"{hostname}-{i}" for i in range(options["workers"])]
-        for i, worker_id in enumerate(worker_ids):
-            self._start(f"worker-{i}", [python, str(MANAGE_PY), "inferenceworker", "--worker-id", worker_id])
+        for i in range(options["workers"]):
+            name, worker_id = f"worker-{i}", f"{hostname}-{i}"
+            self._start(name, self._worker_argv(name, worker_id))
+            restarted = partial(self._restarted_worker_argv, name, worker_id)
+            self.supervisor.restart_on_crash(name, WORKER_RESTARTS, restarted)
         if not options["no_celery"]:
             celery = "-m celery -A chatsite worker --loglevel info --concurrency 1 --pool solo".split()
             self._start("celery", [python, *celery, "--hostname", f"celery@{hostname}"])
+            self.supervisor.restart_on_crash("celery", WORKER_RESTARTS)
         self.phase = "running"
-        return self._watch(host, port, env["REDIS_URL"], worker_ids)
+        return self._watch(host, port, env["REDIS_URL"])
 
-    def _watch(self, host: str, port: int, redis_url: str, worker_ids: list[str]) -> int:
+    def _worker_argv(self, name: str, worker_id: str) -> list[str]:
+        """Inference worker `worker_id`'s command line; the watch loop waits for it to register."""
+        self.worker_ids[name] = worker_id
+        self.unregistered.add(name)
+        return [sys.executable, str(MANAGE_PY), "inferenceworker", "--worker-id", worker_id]
+
+    def _restarted_worker_argv(self, name: str, first_id: str, restart: int) -> list[str]:
+        # A new id (<host>-0-r1, -r2, ...): under the old one, the new process's heartbeat would
+        # keep the replies the dead one had claimed looking alive, never marked interrupted.
+        return self._worker_argv(name, f"{first_id}-r{restart}")
+
+    def _watch(self, host: str, port: int, redis_url: str) -> int:
         import redis
 
         announced = False
-        waiting_workers = set(worker_ids)
         started = time.monotonic()
         client = redis.Redis.from_url(redis_url, socket_timeout=2)
         try:
             while not self.signals_received:
-                dead = self.group.exited() + self.infra.exited()
-                if dead:
-                    for child in dead:
-                        self.say_error(
-                            f"{child.name} (pid {child.pid}) exited unexpectedly with code {child.returncode}."
-                        )
+                failure = self.supervisor.poll() or self.infra_supervisor.poll()
+                if failure:
+                    self.say_error(failure)
                     self.say_error("Stopping everything.")
                     return 1
                 if not announced and _port_open(_connect_host(host), port):
@@ -131,19 +155,26 @@ class Command(BaseCommand):
                         f"Serving on http://{_connect_host(host)}:{port}/ "
                         f"(started in {time.monotonic() - started:.1f} s). Press Ctrl-C to stop."
                     )
-                if waiting_workers:
-                    try:
-                        ready = {w for w in waiting_workers if client.exists(worker_key(w))}
-                    except redis.RedisError:
-                        ready = set()
-                    waiting_workers -= ready
-                    if ready and not waiting_workers:
-                        self.say(f"Inference worker(s) ready: {', '.join(worker_ids)}.")
+                if self.unregistered:
+                    self._note_registered_workers(client)
                 time.sleep(0.2)
         finally:
             client.close()
         self.say("Stopping (signal received)...")
         return 0
+
+    def _note_registered_workers(self, client) -> None:
+        ids = {self.worker_ids[name]: name for name in self.unregistered}
+        for worker_id in registered_workers(client, ids):
+            name = ids[worker_id]
+            self.unregistered.discard(name)
+            crash = self.supervisor.last_crash(name)
+            if self.workers_announced and crash is not None:
+                back = time.monotonic() - crash.at
+                self.say(f"Inference worker {worker_id} ready ({name} restarted, {back:.1f} s after the crash).")
+        if not self.workers_announced and not self.unregistered:
+            self.workers_announced = True
+            self.say(f"Inference worker(s) ready: {', '.join(self.worker_ids.values())}.")
 
     def _start(self, name: str, argv: list[str]) -> None:
         child = self.group.start(name, argv)
@@ -236,6 +267,30 @@ class Command(BaseCommand):
     def group_sink(self, name: str, message: str) -> None:
         # Share the children's writer so launcher lines never interleave with theirs.
         self.group.sink(name, message)
+
+
+def registered_workers(client, worker_ids: Iterable[str], key: Callable[[str], str] | None = None) -> set[str]:
+    """The ids among `worker_ids` whose heartbeat key (`key(id)`) is in Redis right now."""
+    import redis
+
+    if key is None:
+        key = _worker_key_function()
+    try:
+        return {w for w in worker_ids if client.exists(key(w))}
+    except redis.RedisError:
+        return set()
+
+
+def _worker_key_function() -> Callable[[str], str]:
+    # The inference app is taking over the worker's Redis keys from chat (chat:worker:<id> becomes
+    # inference:worker:<id>); use whichever this checkout has.
+    try:
+        from inference.streams import worker_key
+    except ModuleNotFoundError as e:
+        if e.name not in ("inference", "inference.streams"):
+            raise
+        from chat.streams import worker_key
+    return worker_key
 
 
 def _connect_host(host: str) -> str:

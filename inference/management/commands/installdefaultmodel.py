@@ -1,8 +1,8 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from chat.defaults import ensure_default_model
-from chat.loading import install_packaged_model
+from inference.defaults import ensure_default_model
+from inference.loading import install_packaged_model
 
 
 class Command(BaseCommand):

@@ -1,6 +1,10 @@
 """Loading models for the inference worker: the packaged default, local folders and hub ids.
 
-Only inference workers (and Celery jobs later) import this module; the web tier never does.
+Only inference workers (and Celery jobs later) load weights; the web tier only calls
+`check_location` (the admin's form validation), which imports no torch.
+
+A "local" model is confined to MODEL_DIR and the folders in INFERENCE_MODEL_ROOTS, loads
+safetensors weights only and never runs code from the model folder (trust_remote_code off).
 """
 
 from __future__ import annotations
@@ -22,7 +26,38 @@ PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class ModelLoadError(Exception):
-    """A model could not be loaded; the message says what a person can do about it."""
+    """A model could not be loaded. The message is for administrators (it may name paths);
+    users are shown PUBLIC_LOAD_ERROR and the worker logs the details."""
+
+
+def public_load_error(slug: str) -> str:
+    return (
+        f"The model {slug!r} could not be loaded on the inference worker. "
+        "Try another model; an administrator can see why in the worker's log."
+    )
+
+
+def allowed_roots() -> list[Path]:
+    from django.conf import settings
+
+    roots = [Path(settings.MODEL_DIR), *(Path(p.strip()) for p in settings.INFERENCE_MODEL_ROOTS)]
+    return [root.expanduser().resolve() for root in roots]
+
+
+def check_location(location: str) -> Path:
+    """The real path of a local model folder, refused unless it lies under an allowed root
+    (symbolic links are resolved first, so a link cannot lead out)."""
+    roots = allowed_roots()
+    path = Path(location).expanduser()
+    if not path.is_absolute():
+        path = roots[0] / path
+    real = path.resolve()
+    if not any(real == root or root in real.parents for root in roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise ModelLoadError(
+            f"Local models must lie under MODEL_DIR or INFERENCE_MODEL_ROOTS ({allowed}); {location!r} does not."
+        )
+    return real
 
 
 def packaged_gguf_folder() -> Path:
@@ -87,19 +122,62 @@ class ModelSpec:
     location: str
     device: str = "auto"
     dtype: str = "auto"
+    backend: str = "auto"  # "auto" | "transformers" | "llamacpp"
+    gguf_file: str = ""
+
+    @classmethod
+    def of(cls, row) -> ModelSpec:
+        return cls(
+            slug=row.slug,
+            source=row.source,
+            location=row.location,
+            device=row.device,
+            dtype=row.dtype,
+            backend=row.backend,
+            gguf_file=row.gguf_file,
+        )
 
 
 def resolve_location(spec: ModelSpec, model_dir: Path) -> str:
     if spec.source == "packaged":
         return str(install_packaged_model(model_dir))
     if spec.source == "local":
-        path = Path(spec.location).expanduser()
-        if not (path / "config.json").exists():
+        path = check_location(spec.location)
+        if not (path / "config.json").exists() and not spec.gguf_file:
             raise ModelLoadError(f"Model folder {spec.location!r} has no config.json on the inference worker.")
         return str(path)
     if spec.source == "hub":
         return spec.location
     raise ModelLoadError(f"Unknown model source {spec.source!r}.")
+
+
+def gguf_path(spec: ModelSpec) -> Path | None:
+    """The GGUF file llama.cpp would serve for this model, or None when it has none."""
+    if spec.source == "packaged":
+        return packaged_gguf_folder() / PACKAGED_GGUF
+    if spec.source == "local" and spec.gguf_file:
+        path = check_location(spec.location) / spec.gguf_file
+        if path.parent != check_location(spec.location) or not path.is_file():
+            raise ModelLoadError(f"There is no GGUF file {spec.gguf_file!r} in {spec.location!r}.")
+        return path
+    return None
+
+
+def load_tokenizer(spec: ModelSpec, model_dir: Path):
+    """The model's tokenizer (with its chat template) without loading its weights."""
+    from transformers import AutoTokenizer
+
+    location = resolve_location(spec, model_dir)
+    try:
+        if spec.source == "local" and not (Path(location) / "tokenizer_config.json").exists() and spec.gguf_file:
+            tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=spec.gguf_file)  # about 15 s
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Could not load the tokenizer of {spec.slug!r} from {location!r}: {exc}") from exc
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ModelLoadError(f"Model {spec.slug!r} has no chat template in its tokenizer; pick an instruct model.")
+    return tokenizer
 
 
 def choose_device(device: str) -> str:
@@ -153,19 +231,23 @@ def choose_dtype(dtype: str, device: str):
 def load_model(spec: ModelSpec, model_dir: Path):
     """Load (model, tokenizer) for a spec, in eval mode on its device. Raises ModelLoadError."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     location = resolve_location(spec, model_dir)
     device = choose_device(spec.device)
     dtype = choose_dtype(spec.dtype, device)
     started = time.monotonic()
+    tokenizer = load_tokenizer(spec, model_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
-    except OSError as exc:
+        if spec.source == "local" and not (Path(location) / "config.json").exists():
+            model = AutoModelForCausalLM.from_pretrained(location, gguf_file=spec.gguf_file, dtype=dtype)
+        else:
+            # safetensors only (a pickled .bin can run code) and never code from the folder.
+            model = AutoModelForCausalLM.from_pretrained(
+                location, dtype=dtype, use_safetensors=True, trust_remote_code=False
+            )
+    except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load model {spec.slug!r} from {location!r}: {exc}") from exc
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ModelLoadError(f"Model {spec.slug!r} has no chat template in its tokenizer; pick an instruct model.")
     model.to(device).eval()
     torch.set_grad_enabled(False)
     logger.info(

@@ -1,12 +1,13 @@
-"""The Redis side of chat: the inference queue, each reply's stream of deltas, stop markers and
-worker heartbeats. Web processes and inference workers only meet here (and in the database).
+"""The Redis side of inference: the request queue, each request's stream of events, stop
+markers and worker heartbeats. Callers and inference workers only meet here (and in the
+database, through sinks).
 
-Keys (all under the `chat:` prefix):
-- `chat:queue` – a list of JSON requests; any inference worker pops from it.
-- `chat:stream:<message id>` – a Redis stream with one entry per delta, entry id `0-<seq>`,
+Keys (all under the `inference:` prefix):
+- `inference:queue` – a list of JSON requests (protocol.Request); any worker pops from it.
+- `inference:stream:<request id>` – a Redis stream with one entry per delta, entry id `0-<seq>`,
   plus a final `done` entry. Kept for CHAT_STREAM_TTL_S so a client can resume from any seq.
-- `chat:stop:<message id>` – present when a user asked to stop that reply.
-- `chat:worker:<worker id>` – a worker's heartbeat, expiring after INFERENCE_HEARTBEAT_TTL_S.
+- `inference:stop:<request id>` – present when a caller asked to stop that request.
+- `inference:worker:<worker id>` – a worker's heartbeat, expiring after INFERENCE_HEARTBEAT_TTL_S.
 """
 
 from __future__ import annotations
@@ -18,19 +19,23 @@ import redis
 import redis.asyncio as aredis
 from django.conf import settings
 
-QUEUE_KEY = "chat:queue"
+QUEUE_KEY = "inference:queue"
 
 
-def stream_key(message_id: int) -> str:
-    return f"chat:stream:{message_id}"
+class QueueFull(Exception):
+    """The shared queue holds INFERENCE_MAX_QUEUE requests already."""
 
 
-def stop_key(message_id: int) -> str:
-    return f"chat:stop:{message_id}"
+def stream_key(request_id: str) -> str:
+    return f"inference:stream:{request_id}"
+
+
+def stop_key(request_id: str) -> str:
+    return f"inference:stop:{request_id}"
 
 
 def worker_key(worker_id: str) -> str:
-    return f"chat:worker:{worker_id}"
+    return f"inference:worker:{worker_id}"
 
 
 def entry_id(seq: int) -> str:
@@ -62,21 +67,21 @@ def client() -> redis.Redis:
     return conn
 
 
-def append(pipe, message_id: int, seq: int, kind: str, data: dict) -> None:
+def append(pipe, request_id: str, seq: int, kind: str, data: dict) -> None:
     """Queue an XADD of one entry (and refresh the expiry) on a pipeline."""
-    key = stream_key(message_id)
+    key = stream_key(request_id)
     pipe.xadd(key, {"kind": kind, "data": json.dumps(data)}, id=entry_id(seq))
     pipe.expire(key, settings.CHAT_STREAM_TTL_S)
 
 
-def read_all(message_id: int) -> list[tuple[int, str, dict]]:
+def read_all(request_id: str) -> list[tuple[int, str, dict]]:
     """Every entry of a reply's stream as (seq, kind, data)."""
-    return [(seq_of(eid), *decode_entry(fields)) for eid, fields in client().xrange(stream_key(message_id))]
+    return [(seq_of(eid), *decode_entry(fields)) for eid, fields in client().xrange(stream_key(request_id))]
 
 
-def has_done(message_id: int) -> bool:
+def has_done(request_id: str) -> bool:
     """Whether the reply's stream ends with its `done` entry (reads only the last entry)."""
-    last = client().xrevrange(stream_key(message_id), count=1)
+    last = client().xrevrange(stream_key(request_id), count=1)
     return bool(last) and decode_entry(last[0][1])[0] == "done"
 
 
@@ -90,15 +95,19 @@ def wait_request(timeout: float) -> dict | None:
     return json.loads(item[1]) if item else None
 
 
-def stopped_among(message_ids: list[int]) -> set[int]:
-    if not message_ids:
+def queue_length() -> int:
+    return int(client().llen(QUEUE_KEY))
+
+
+def stopped_among(request_ids: list[int]) -> set[int]:
+    if not request_ids:
         return set()
-    flags = client().mget([stop_key(m) for m in message_ids])
-    return {m for m, flag in zip(message_ids, flags, strict=False) if flag is not None}
+    flags = client().mget([stop_key(m) for m in request_ids])
+    return {m for m, flag in zip(request_ids, flags, strict=False) if flag is not None}
 
 
-def request_stop_sync(message_id: int) -> None:
-    client().set(stop_key(message_id), "1", ex=settings.CHAT_STREAM_TTL_S)
+def request_stop_sync(request_id: str) -> None:
+    client().set(stop_key(request_id), "1", ex=settings.CHAT_STREAM_TTL_S)
 
 
 def heartbeat(worker_id: str, info: dict) -> None:
@@ -114,8 +123,8 @@ def redis_uptime_s() -> int:
     return int(client().info("server").get("uptime_in_seconds", 0))
 
 
-def queued_message_ids() -> set[int]:
-    return {json.loads(item)["message"] for item in client().lrange(QUEUE_KEY, 0, -1)}
+def queued_request_ids() -> set[str]:
+    return {json.loads(item)["id"] for item in client().lrange(QUEUE_KEY, 0, -1)}
 
 
 def live_workers() -> list[str]:
@@ -139,23 +148,26 @@ def async_client() -> aredis.Redis:
     return conn
 
 
-async def enqueue(request: dict) -> None:
-    """Queue a reply for the workers, clearing any stream or stop marker left under its id
-    (ids can repeat when a database is recreated while Redis keeps running)."""
-    message_id = request["message"]
-    pipe = async_client().pipeline(transaction=True)
-    pipe.delete(stream_key(message_id), stop_key(message_id))
-    pipe.rpush(QUEUE_KEY, json.dumps(request))
+async def enqueue(request) -> None:
+    """Queue a protocol.Request for the workers, clearing any stream or stop marker left under
+    its id (ids can repeat when a database is recreated while Redis keeps running). Raises
+    QueueFull when INFERENCE_MAX_QUEUE requests are waiting already."""
+    conn = async_client()
+    if await conn.llen(QUEUE_KEY) >= settings.INFERENCE_MAX_QUEUE:
+        raise QueueFull()
+    pipe = conn.pipeline(transaction=True)
+    pipe.delete(stream_key(request.id), stop_key(request.id))
+    pipe.rpush(QUEUE_KEY, json.dumps(request.to_dict()))
     await pipe.execute()
 
 
-async def request_stop(message_id: int) -> None:
-    await async_client().set(stop_key(message_id), "1", ex=settings.CHAT_STREAM_TTL_S)
+async def request_stop(request_id: str) -> None:
+    await async_client().set(stop_key(request_id), "1", ex=settings.CHAT_STREAM_TTL_S)
 
 
-async def read_after(message_id: int, after_seq: int, block_ms: int | None) -> list[tuple[int, str, dict]]:
+async def read_after(request_id: str, after_seq: int, block_ms: int | None) -> list[tuple[int, str, dict]]:
     """Entries with seq > after_seq; waits up to block_ms for the first one (None: no wait)."""
-    result = await async_client().xread({stream_key(message_id): entry_id(after_seq)}, block=block_ms, count=500)
+    result = await async_client().xread({stream_key(request_id): entry_id(after_seq)}, block=block_ms, count=500)
     entries = []
     for _key, items in result or []:
         for eid, fields in items:

@@ -1,0 +1,124 @@
+"""Login throttling: failed logins counted per username and per client address in Redis, so that the
+limit holds across every daphne process.
+
+Each counter is a sorted set of failure times (a sliding window): after `LOGIN_FAILURE_LIMIT`
+failures within `LOGIN_FAILURE_WINDOW_S` seconds, for one username or from one address, further
+attempts are refused without checking the password until enough of those failures are older than
+the window. Refused attempts are not counted, so a locked-out user is never locked out for longer.
+A successful login clears its username's failures (not its address's). If Redis is unreachable,
+logins are not throttled (a warning is logged) rather than refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import logging
+import math
+import time
+import uuid
+
+import redis
+from django.conf import settings
+from django.http import HttpRequest
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _client(url: str) -> redis.Redis:
+    # Short timeouts, no retries: a login must not hang on an unreachable Redis; it goes
+    # unthrottled instead.
+    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2, retry=Retry(NoBackoff(), 0))
+
+
+def client_ip(request: HttpRequest | None) -> str | None:
+    """The address the request came from: REMOTE_ADDR, or behind a proxy (BEHIND_PROXY) the last
+    X-Forwarded-For entry, which the proxy appended (earlier entries are the client's to forge)."""
+    if request is None:
+        return None
+    candidates = []
+    if settings.BEHIND_PROXY:
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+        candidates.append(forwarded.rsplit(",", 1)[-1].strip())
+    candidates.append(request.META.get("REMOTE_ADDR", ""))
+    for candidate in candidates:
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            continue
+    return None
+
+
+def _keys(username: str, ip: str | None) -> list[str]:
+    digest = hashlib.sha256(username.casefold().encode()).hexdigest()
+    keys = [f"login:failures:user:{digest}"]
+    if ip:
+        address = ipaddress.ip_address(ip)
+        if address.version == 6:
+            # One IPv6 host usually holds a whole /64: count the network, not each address.
+            address = ipaddress.ip_network(f"{address}/64", strict=False)
+        keys.append(f"login:failures:ip:{address}")
+    return keys
+
+
+def retry_after(username: str, ip: str | None) -> int | None:
+    """None if a login attempt may be checked now, else the seconds until one may."""
+    limit = settings.LOGIN_FAILURE_LIMIT
+    if limit <= 0:
+        return None
+    window = settings.LOGIN_FAILURE_WINDOW_S
+    now = time.time()
+    try:
+        pipe = _client(settings.REDIS_URL).pipeline(transaction=False)
+        for key in _keys(username, ip):
+            pipe.zrangebyscore(key, now - window, "+inf", withscores=True)
+        counters = pipe.execute()
+    except redis.RedisError as e:
+        logger.warning("Login throttling is off: Redis is unreachable (%s)", e)
+        return None
+    waits = [
+        # Allowed again once all but limit - 1 of the failures in the window have left it.
+        failures[len(failures) - limit][1] + window - now
+        for failures in counters
+        if len(failures) >= limit
+    ]
+    if not waits:
+        return None
+    return max(1, math.ceil(max(waits)))
+
+
+def record_failure(username: str, ip: str | None) -> None:
+    """Count one failed login for the username and the address."""
+    if settings.LOGIN_FAILURE_LIMIT <= 0:
+        return
+    window = settings.LOGIN_FAILURE_WINDOW_S
+    now = time.time()
+    try:
+        pipe = _client(settings.REDIS_URL).pipeline(transaction=True)
+        for key in _keys(username, ip):
+            pipe.zadd(key, {uuid.uuid4().hex: now})
+            pipe.zremrangebyscore(key, "-inf", now - window)
+            pipe.expire(key, window + 1)
+        pipe.execute()
+    except redis.RedisError as e:
+        logger.warning("Login throttling is off: Redis is unreachable (%s)", e)
+
+
+def clear_username(username: str) -> None:
+    """Forget the username's failures (after a successful login)."""
+    try:
+        _client(settings.REDIS_URL).delete(_keys(username, None)[0])
+    except redis.RedisError as e:
+        logger.warning("Login throttling is off: Redis is unreachable (%s)", e)
+
+
+def describe_wait(seconds: int) -> str:
+    """'45 seconds', '1 minute', '5 minutes' (rounded up: never sooner than the truth)."""
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    minutes = math.ceil(seconds / 60)
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"

@@ -1,0 +1,162 @@
+"""The llama.cpp backend: GGUF models served by llama.cpp's own server code running in-process
+(the `xllamacpp` wheel: prebuilt, no compiler, continuous batching over parallel slots).
+
+Each request runs `Server.handle_completions` in a thread of its own (the call blocks until the
+request ends and releases the GIL while llama.cpp works); its streaming callback puts text
+pieces on a queue that `step` drains, so the worker sees the same events as from the
+transformers backend. Returning True from the callback cancels the request in llama.cpp.
+The prompt is the token ids the worker built with the model's chat template, so both backends
+see the same prompt, trim history the same way and count the same tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+
+from .base import Backend, GenerationRequest, StepEvent, merge_events
+
+logger = logging.getLogger(__name__)
+
+WAIT_S = 0.02  # longest a step waits for a first event while requests run
+
+
+class LlamaCppBackend(Backend):
+    name = "llamacpp"
+
+    def __init__(self, gguf_path: str, tokenizer, *, n_parallel: int, n_threads: int, n_ctx: int) -> None:
+        import xllamacpp
+
+        self.tokenizer = tokenizer
+        self.gguf_path = gguf_path
+        params = xllamacpp.CommonParams()
+        params.model.path = gguf_path
+        params.n_parallel = n_parallel
+        params.n_ctx = n_ctx
+        params.kv_unified = True  # one KV pool shared by the slots: a long chat may use most of it
+        threads = n_threads or os.cpu_count() or 1
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.verbosity = -1
+        params.warmup = True
+        self.server = xllamacpp.Server(params)
+        self.n_parallel = n_parallel
+        self._events: queue.Queue[StepEvent] = queue.Queue()
+        self._running: dict[str, threading.Thread] = {}
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._running) or not self._events.empty()
+
+    @property
+    def load(self) -> int:
+        return len(self._running)
+
+    def add(self, request: GenerationRequest) -> None:
+        if not request.prompt_ids:
+            raise ValueError("A request needs at least one prompt token.")
+        thread = threading.Thread(target=self._run, args=(request,), name=f"llamacpp-{request.id}", daemon=True)
+        with self._lock:
+            self._running[request.id] = thread
+        thread.start()
+
+    def cancel(self, request_id: str) -> None:
+        with self._lock:
+            if request_id in self._running:
+                self._cancelled.add(request_id)
+
+    def step(self) -> list[StepEvent]:
+        events = []
+        try:
+            events.append(self._events.get(timeout=WAIT_S if self._running else 0))
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                break
+        for event in events:
+            if event.finish_reason:
+                with self._lock:
+                    self._running.pop(event.request_id, None)
+                    self._cancelled.discard(event.request_id)
+        return merge_events(events)
+
+    def fail_all(self, error: str) -> list[StepEvent]:
+        with self._lock:
+            ids = list(self._running)
+            self._cancelled.update(ids)
+            self._running.clear()
+        return [StepEvent(i, finish_reason="error", error=error) for i in ids]
+
+    def close(self) -> None:
+        with self._lock:
+            self._cancelled.update(self._running)
+        for thread in list(self._running.values()):
+            thread.join(timeout=5)
+        self.server = None
+
+    # --- the request's own thread ------------------------------------------------------------------
+    def _body(self, request: GenerationRequest) -> dict:
+        body = {
+            "prompt": list(request.prompt_ids),
+            "max_tokens": request.max_new_tokens,
+            "stream": True,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "top_k": request.top_k,
+            "min_p": request.min_p,
+            "repeat_penalty": request.repetition_penalty,
+            "frequency_penalty": request.frequency_penalty,
+            "presence_penalty": request.presence_penalty,
+            "repeat_last_n": 64,
+            "cache_prompt": True,
+        }
+        if request.seed is not None:
+            body["seed"] = int(request.seed)
+        return body
+
+    def _run(self, request: GenerationRequest) -> None:
+        state = {"tokens": 0, "finished": False}
+
+        def on_chunk(chunk) -> bool:
+            if request.id in self._cancelled:
+                return True
+            if "error" in chunk:
+                message = (chunk.get("error") or {}).get("message", "llama.cpp refused the request")
+                self._put(request, state, StepEvent(request.id, finish_reason="error", error=message))
+                return True
+            choice = (chunk.get("choices") or [{}])[0]
+            text = choice.get("text") or ""
+            reason = choice.get("finish_reason")
+            usage = chunk.get("usage")
+            new_tokens = 1 if text and not reason else 0
+            if usage and usage.get("completion_tokens") is not None:
+                new_tokens = max(int(usage["completion_tokens"]) - state["tokens"], 0)
+            event = StepEvent(request.id, text=text, new_tokens=new_tokens)
+            if reason:
+                event.finish_reason = "length" if reason == "length" else "stop"
+            self._put(request, state, event)
+            return False
+
+        try:
+            self.server.handle_completions(self._body(request), on_chunk)
+        except Exception as exc:  # a crash inside the binding: fail this request only
+            logger.exception("llama.cpp failed on %s", request.id)
+            self._put(request, state, StepEvent(request.id, finish_reason="error", error=f"Generation failed: {exc}"))
+        if not state["finished"]:
+            reason = "cancelled" if request.id in self._cancelled else "error"
+            error = "" if reason == "cancelled" else "llama.cpp ended the request without a result."
+            self._put(request, state, StepEvent(request.id, finish_reason=reason, error=error))
+
+    def _put(self, request: GenerationRequest, state: dict, event: StepEvent) -> None:
+        if state["finished"]:
+            return
+        state["tokens"] += event.new_tokens
+        state["finished"] = bool(event.finish_reason)
+        self._events.put(event)

@@ -1,0 +1,405 @@
+"""The inference worker: pops requests from Redis, runs them through one backend per model (one
+copy of each model per process, whatever the number of users) and appends raw events to each
+request's Redis stream; its sink stores the result. Started by `manage.py inferenceworker`.
+
+The loop: take requests (as many as the batches have room for) → step every backend → flush
+coalesced text (about every 50 ms) and look for stop markers → store finished results (retried
+while the database is unavailable: a result leaves memory only once stored) → now and then
+reap orphans and unload idle models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+from redis.exceptions import RedisError
+
+from . import metrics, reaper, results, sinks, streams
+from .backends import Backend, GenerationRequest, open_backend
+from .loading import ModelLoadError, ModelSpec, public_load_error
+from .models import LanguageModel
+from .prompts import TooLong, prompt_ids
+from .protocol import Done, ProtocolError, Request
+
+logger = logging.getLogger(__name__)
+
+REAP_INTERVAL_S = 3.0
+RETRY_STORE_S = 1.0
+UNLOAD_CHECK_S = 10.0
+
+
+@dataclass
+class Reply:
+    """A request this worker is generating."""
+
+    request: Request
+    prompt_tokens: int
+    seq: int = 0
+    content: str = ""
+    sent: int = 0  # characters of content already appended to the stream
+    tokens: int = 0
+    first_token_at: float | None = None
+    flushed_once: bool = False
+    stop_seen: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+
+@dataclass
+class Finished:
+    """A result waiting to be stored (retried while the database is unavailable)."""
+
+    reply: Reply
+    done: Done
+
+
+@dataclass
+class Loaded:
+    backend: Backend
+    version: tuple
+    last_used: float
+
+
+class InferenceWorker:
+    def __init__(self, worker_id: str | None = None, max_batch: int | None = None) -> None:
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.max_batch = max_batch or settings.INFERENCE_MAX_BATCH
+        self.flush_interval = settings.CHAT_FLUSH_INTERVAL_MS / 1000
+        self.models: dict[str, Loaded] = {}
+        self.replies: dict[str, Reply] = {}
+        self.unstored: list[Finished] = []
+        self.stopping = threading.Event()
+        self._last_flush = 0.0
+        self._last_reap = 0.0
+        self._last_store_try = 0.0
+        self._last_unload_check = time.monotonic()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def run(self) -> None:
+        logger.info("Inference worker %s starting (max batch %s)", self.worker_id, self.max_batch)
+        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        streams.heartbeat(self.worker_id, self._info())
+        beat.start()
+        self._preload_default()
+        try:
+            while not self.stopping.is_set():
+                self.run_once()
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _preload_default(self) -> None:
+        """Load the default model before the first request, so its user does not wait for it."""
+        try:
+            default = LanguageModel.default()
+            if default is not None:
+                self._backend(default.slug)
+        except Exception:
+            logger.exception("could not preload the default model; it will be retried on request")
+
+    def run_once(self) -> None:
+        requests = self._pull_requests()
+        if requests:
+            close_old_connections()
+        for raw in requests:
+            self.admit(raw)
+        for slug, loaded in list(self.models.items()):
+            backend = loaded.backend
+            if not backend.has_work:
+                continue
+            loaded.last_used = time.monotonic()
+            try:
+                events = backend.step()
+            except Exception as exc:
+                logger.exception("generation step failed on %s", slug)
+                events = backend.fail_all(f"Generation failed on the inference worker ({type(exc).__name__}).")
+            for event in events:
+                self._on_event(loaded.backend, event)
+        try:
+            self._flush()
+        except RedisError as exc:
+            # Redis restarting: keep generating; text waits in memory until it is back.
+            logger.warning("Redis unavailable (%s); will retry", exc)
+        self._store_unstored()
+        now = time.monotonic()
+        if now - self._last_reap > REAP_INTERVAL_S:
+            self._last_reap = now
+            try:
+                close_old_connections()
+                reaper.reap_all()
+            except (RedisError, DatabaseError) as exc:
+                logger.warning("reaping skipped (%s)", exc)
+        if now - self._last_unload_check > UNLOAD_CHECK_S:
+            self._last_unload_check = now
+            self._unload_idle()
+
+    def _pull_requests(self) -> list[dict]:
+        """Take only as many requests as the batch has room for: the rest stay in the shared
+        queue for other workers (and a full batch costs no Redis round trip per step)."""
+        busy = sum(loaded.backend.load for loaded in self.models.values()) + len(self.unstored)
+        room = self.max_batch - busy
+        try:
+            if busy:
+                return streams.pop_requests(room) if room > 0 else []
+            first = streams.wait_request(timeout=1.0)
+            if first is None:
+                return []
+            return [first, *streams.pop_requests(room - 1)] if room > 1 else [first]
+        except RedisError as exc:
+            logger.warning("Redis unavailable (%s); retrying", exc)
+            if not busy:
+                self.stopping.wait(0.5)
+            return []
+
+    def _heartbeat_loop(self) -> None:
+        period = max(settings.INFERENCE_HEARTBEAT_TTL_S / 4, 0.5)
+        while not self.stopping.wait(period):
+            try:
+                streams.heartbeat(self.worker_id, self._info())
+            except Exception:
+                logger.exception("heartbeat failed")
+
+    def _info(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "models": sorted(self.models),
+            "backends": {slug: loaded.backend.name for slug, loaded in list(self.models.items())},
+            "active": len(self.replies),
+            "time": time.time(),
+        }
+
+    def _shutdown(self) -> None:
+        """On a clean stop, end every running request as interrupted (its text so far is kept)."""
+        for reply in list(self.replies.values()):
+            self._finish(reply, "interrupted", error="The inference worker was shut down; regenerate to try again.")
+        for _ in range(3):
+            if not self.unstored:
+                break
+            self._last_store_try = 0
+            self._store_unstored()
+        for loaded in self.models.values():
+            loaded.backend.close()
+        try:
+            streams.client().delete(streams.worker_key(self.worker_id))
+        except RedisError:
+            pass
+        logger.info("Inference worker %s stopped", self.worker_id)
+
+    # --- requests ------------------------------------------------------------------------------
+    def admit(self, raw: dict) -> None:
+        try:
+            request = Request.from_dict(raw)
+        except (ProtocolError, TypeError, KeyError) as exc:
+            logger.error("dropping a malformed request (%s): %r", exc, raw)
+            return
+        sink = sinks.get(request.sink) if request.sink else None
+        try:
+            if sink is not None and not sink.claim(request.id, self.worker_id):
+                return  # deleted, reaped or already handled
+        except DatabaseError:
+            logger.exception("could not claim %s; it will be reaped and failed", request.id)
+            return
+        reply = Reply(request=request, prompt_tokens=0)
+        try:
+            stopped = bool(streams.stopped_among([request.id]))
+        except RedisError:
+            stopped = False
+        if stopped:
+            return self._finish(reply, "cancelled")
+        if request.adapter:
+            return self._finish(reply, "error", error="LoRA adapters are not served yet by this worker.")
+        try:
+            backend = self._backend(request.model)
+            ids = prompt_ids(backend.tokenizer, request.messages, int(request.max_input_tokens))
+        except ModelLoadError as exc:
+            logger.error("could not load %s: %s", request.model, exc)
+            return self._finish(reply, "error", error=public_load_error(request.model))
+        except TooLong as exc:
+            return self._finish(reply, "error", error=str(exc))
+        except Exception:
+            logger.exception("could not start %s", request.id)
+            return self._finish(reply, "error", error="Generation could not start on the inference worker.")
+        reply.prompt_tokens = len(ids)
+        self.replies[request.id] = reply
+        backend.add(GenerationRequest.build(request.id, ids, request.sampling))
+
+    def _backend(self, slug: str) -> Backend:
+        row = LanguageModel.objects.filter(slug=slug).first()
+        if row is None or not row.enabled:
+            raise ModelLoadError(f"The model {slug!r} is not available any more.")
+        loaded = self.models.get(slug)
+        if loaded is not None and (loaded.version == row.load_version or loaded.backend.has_work):
+            loaded.last_used = time.monotonic()
+            return loaded.backend  # (a changed model is reloaded once its running requests end)
+        if loaded is not None:
+            loaded.backend.close()
+            del self.models[slug]
+        self._make_room()
+        backend = open_backend(
+            ModelSpec.of(row),
+            settings.MODEL_DIR,
+            max_batch=self.max_batch,
+            prefill_chunk=settings.INFERENCE_PREFILL_CHUNK,
+            parallel=min(self.max_batch, settings.INFERENCE_LLAMACPP_PARALLEL),
+            threads=settings.INFERENCE_LLAMACPP_THREADS,
+            max_input_tokens=row.max_input_tokens,
+            max_new_tokens=row.max_new_tokens_cap,
+        )
+        self.models[slug] = Loaded(backend, row.load_version, time.monotonic())
+        return backend
+
+    def _make_room(self) -> None:
+        """Keep at most INFERENCE_MAX_MODELS loaded: unload the least recently used idle one."""
+        while len(self.models) >= settings.INFERENCE_MAX_MODELS:
+            idle = [(loaded.last_used, slug) for slug, loaded in self.models.items() if not loaded.backend.has_work]
+            if not idle:
+                return  # all busy: load one more rather than fail a request
+            _, slug = min(idle)
+            logger.info("Unloading %s to make room for another model", slug)
+            self.models.pop(slug).backend.close()
+
+    def _unload_idle(self) -> None:
+        limit = settings.INFERENCE_IDLE_UNLOAD_S
+        if not limit:
+            return
+        now = time.monotonic()
+        for slug, loaded in list(self.models.items()):
+            if not loaded.backend.has_work and now - loaded.last_used > limit:
+                logger.info("Unloading %s: unused for %d s", slug, now - loaded.last_used)
+                self.models.pop(slug).backend.close()
+
+    # --- streaming -----------------------------------------------------------------------------
+    def _on_event(self, backend: Backend, event) -> None:
+        reply = self.replies.get(event.request_id)
+        if reply is None:
+            return  # ended already (stop string, or failed)
+        if event.new_tokens and reply.first_token_at is None:
+            reply.first_token_at = time.time()
+        reply.tokens += event.new_tokens
+        reply.content += event.text
+        cut = _stop_string_at(reply.content, reply.request.stop, len(reply.content) - len(event.text))
+        if cut is not None:
+            reply.content = reply.content[:cut]
+            backend.cancel(reply.id)
+            return self._finish(reply, "stop")
+        if event.finish_reason:
+            self._finish(reply, event.finish_reason, error=event.error)
+
+    def _flush(self) -> None:
+        """Append every reply's new text as one delta each (one pipelined round trip), then look
+        for stop markers. Text is only marked sent once Redis accepted it; the tail that could
+        begin a stop string is held back until it is decided."""
+        now = time.monotonic()
+        first_pieces = any(r.content and not r.flushed_once for r in self.replies.values())
+        if not first_pieces and now - self._last_flush < self.flush_interval:
+            return
+        self._last_flush = now
+        ready = []
+        for reply in self.replies.values():
+            end = len(reply.content) - _held_back(reply.content, reply.request.stop)
+            if end > reply.sent:
+                ready.append((reply, end))
+        if ready:
+            pipe = streams.client().pipeline(transaction=False)
+            for reply, end in ready:
+                streams.append(pipe, reply.id, reply.seq + 1, "delta", {"text": reply.content[reply.sent : end]})
+            pipe.execute()
+            for reply, end in ready:
+                reply.seq += 1
+                reply.sent = end
+                reply.flushed_once = True
+        for request_id in streams.stopped_among([r.id for r in self.replies.values() if not r.stop_seen]):
+            reply = self.replies[request_id]
+            reply.stop_seen = True
+            self.models[reply.request.model].backend.cancel(request_id)
+
+    def _finish(self, reply: Reply, reason: str, error: str = "") -> None:
+        """Flush the reply's last text, record metrics, and queue its result for storing."""
+        if reply.sent < len(reply.content):
+            try:
+                pipe = streams.client().pipeline(transaction=False)
+                streams.append(pipe, reply.id, reply.seq + 1, "delta", {"text": reply.content[reply.sent :]})
+                pipe.execute()
+                reply.seq += 1
+                reply.sent = len(reply.content)
+            except RedisError:
+                logger.warning("Redis unavailable: %s ends without its last delta (its sink has it)", reply.id)
+        self.replies.pop(reply.id, None)
+        now = time.time()
+        ttft_ms = (reply.first_token_at - reply.request.enqueued_at) * 1000 if reply.first_token_at else None
+        tokens_per_s = None
+        if reply.first_token_at and reply.tokens > 1 and now > reply.first_token_at:
+            tokens_per_s = (reply.tokens - 1) / (now - reply.first_token_at)
+        done = Done(
+            finish_reason=reason,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.tokens,
+            ttft_ms=round(ttft_ms, 1) if ttft_ms is not None else None,
+            tokens_per_s=round(tokens_per_s, 2) if tokens_per_s is not None else None,
+            error=error,
+            worker=self.worker_id,
+        )
+        # Metrics first: whoever sees the done event can already read them.
+        try:
+            metrics.record_reply(
+                model=reply.request.model,
+                worker=self.worker_id,
+                finish_reason=reason,
+                tokens=reply.tokens,
+                ttft_s=ttft_ms / 1000 if ttft_ms is not None else None,
+                itl_s=1 / tokens_per_s if tokens_per_s else None,
+                tokens_per_s=tokens_per_s,
+            )
+        except RedisError:
+            logger.warning("Redis unavailable: metrics of %s not recorded", reply.id)
+        self.unstored.append(Finished(reply, done))
+        self._last_store_try = 0.0
+        self._store_unstored()
+
+    def _store_unstored(self) -> None:
+        """Store finished results; one that fails on a database error stays for a retry."""
+        if not self.unstored or time.monotonic() - self._last_store_try < RETRY_STORE_S:
+            return
+        self._last_store_try = time.monotonic()
+        waiting, self.unstored = self.unstored, []
+        for item in waiting:
+            reply = item.reply
+            try:
+                results.finish(reply.request.sink, reply.id, reply.content, item.done, reply.seq + 1)
+            except DatabaseError as exc:
+                logger.warning("could not store %s (%s); retrying in %.0f s", reply.id, exc, RETRY_STORE_S)
+                close_old_connections()
+                self.unstored.append(item)
+
+
+def _stop_string_at(text: str, stops: list[str], new_from: int) -> int | None:
+    """Where the first stop string in `text` begins, looking only where new text could complete one."""
+    best = None
+    for stop in stops:
+        index = text.find(stop, max(0, new_from - len(stop) + 1))
+        if index != -1 and (best is None or index < best):
+            best = index
+    return best
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters could be the start of a stop string (not sent yet)."""
+    held = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), held, -1):
+            if text.endswith(stop[:n]):
+                held = n
+                break
+    return held
