@@ -28,7 +28,7 @@ format: $(VENV)/.requirements-dev.stamp
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(VENV)/.requirements.stamp $(VENV)/.smollm2.stamp
+bench: $(VENV)/.requirements-dev.stamp $(VENV)/.smollm2.stamp
 	$(PY) bench/run.py
 
 $(PY):

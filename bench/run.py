@@ -1,7 +1,9 @@
 """Benchmark: the real stack (daphne + inference worker + Redis) driven by real websocket clients,
-against bare `model.generate` on the same model, prompts and machine, in the same run.
+on both backends, against bare llama.cpp (xllamacpp, same GGUF file) and bare `model.generate`
+(same weights), same prompts, same machine, in the same run; then one user's very long
+conversation beside another user's short reply.
 
-    make bench                      # or: .venv/bin/python bench/run.py [--tokens 128] [--users 8]
+    make bench                      # or: .venv/bin/python bench/run.py [--tokens 96] [--users 8]
 
 Prints a Markdown report (copy it into docs/performance.md) and writes bench/results/latest.json.
 Needs Redis on 127.0.0.1:6379 (or REDIS_URL / STACK_REDIS_URL); uses database 14.
@@ -42,6 +44,79 @@ PROMPTS = [
     "Describe the life of a medieval knight.",
     "Explain how vaccines work.",
 ]
+
+
+# --- bare model.generate ---------------------------------------------------------------------
+SYSTEM = "You are a helpful assistant."
+
+
+def chat_prompt(prompt: str) -> list[dict]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+
+
+# --- bare llama.cpp ----------------------------------------------------------------------------
+def bare_llamacpp(tokens: int, users: int, threads: int, parallel: int) -> dict:
+    """The packaged GGUF in xllamacpp directly: 1 stream, then `users` parallel sequences, each
+    with a prompt of its own (a repeated prompt would be replayed from llama.cpp's cache)."""
+    import threading
+
+    import django
+
+    django.setup()
+    import xllamacpp
+    from django.conf import settings
+    from transformers import AutoTokenizer
+
+    from inference.loading import PACKAGED_GGUF, install_packaged_model, packaged_gguf_folder
+    from inference.prompts import apply_template
+
+    tokenizer = AutoTokenizer.from_pretrained(install_packaged_model(settings.MODEL_DIR))
+    params = xllamacpp.CommonParams()
+    params.model.path = str(packaged_gguf_folder() / PACKAGED_GGUF)
+    params.n_parallel = parallel
+    params.n_ctx = parallel * 4096
+    params.cpuparams.n_threads = threads
+    params.cpuparams_batch.n_threads = threads
+    params.verbosity = -1
+    server = xllamacpp.Server(params)
+
+    def one(prompt: str, out: dict) -> None:
+        ids = apply_template(tokenizer, chat_prompt(prompt))
+        body = {"prompt": ids, "max_tokens": tokens, "stream": True, "temperature": 0}
+        out["sent"] = time.perf_counter()
+
+        def on_chunk(chunk) -> bool:
+            now = time.perf_counter()
+            out.setdefault("first", now)
+            usage = chunk.get("usage")
+            if usage:
+                out["tokens"] = usage["completion_tokens"]
+                out["done"] = now
+            return False
+
+        server.handle_completions(body, on_chunk)
+
+    runs = []
+    for prompt in ["Say hello.", *PROMPTS[:3]]:  # the first is a warm-up
+        out: dict = {}
+        one(prompt, out)
+        runs.append(out)
+    single = runs[1:]
+    outs = [{} for _ in range(users)]
+    threads_ = [threading.Thread(target=one, args=(PROMPTS[3 + i], outs[i])) for i in range(users)]
+    for t in threads_:
+        t.start()
+    for t in threads_:
+        t.join()
+    start = min(o["sent"] for o in outs)
+    end = max(o["done"] for o in outs)
+    return {
+        "threads": threads,
+        "parallel": parallel,
+        "single_tok_s": statistics.median(o["tokens"] / (o["done"] - o["sent"]) for o in single),
+        "single_ttft_ms": statistics.median((o["first"] - o["sent"]) * 1000 for o in single),
+        "batch_tok_s": sum(o["tokens"] for o in outs) / (end - start),
+    }
 
 
 # --- bare model.generate ---------------------------------------------------------------------
@@ -102,12 +177,12 @@ def bare_generate(tokens: int, users: int) -> dict:
 
 
 # --- the stack through websockets ------------------------------------------------------------
-async def one_reply(stack, cookie: str, prompt: str, tokens: int) -> dict:
+async def one_reply(stack, cookie: str, prompt: str, tokens: int, conversation=None) -> dict:
     """One user: a socket, one greedy message, its timings (the client checks seq order)."""
     from tests.live_client import Client
 
     async with Client(stack, cookie) as client:
-        reply = await client.chat(prompt, temperature=0, max_tokens=tokens)
+        reply = await client.chat(prompt, conversation=conversation, temperature=0, max_tokens=tokens)
         if reply.errors:
             raise RuntimeError(reply.errors)
         await client.follow(reply, timeout=600)
@@ -117,71 +192,137 @@ async def one_reply(stack, cookie: str, prompt: str, tokens: int) -> dict:
         "first": reply.first_at,
         "done": reply.done_at,
         "ttft_ms": (reply.first_at - reply.sent_at) * 1000,
+        "total_s": reply.done_at - reply.sent_at,
         "tokens": usage["completion_tokens"],
+        "prompt_tokens": usage["prompt_tokens"],
         "tok_s": usage["completion_tokens"] / (reply.done_at - reply.sent_at),
         "server_ttft_ms": timing["ttft_ms"],
     }
 
 
-async def many(stack, cookie: str, n: int, tokens: int) -> list[dict]:
-    return await asyncio.gather(*(one_reply(stack, cookie, PROMPTS[i % len(PROMPTS)], tokens) for i in range(n)))
+async def many(stack, cookie: str, prompts: list[str], tokens: int) -> list[dict]:
+    return await asyncio.gather(*(one_reply(stack, cookie, p, tokens) for p in prompts))
 
 
-def stack_run(tokens: int, users: int) -> dict:
-    from tests.live_client import login_cookie, rss_mb
-    from tests.stack import LiveStack
+def set_backend(stack, backend: str) -> None:
+    """Switch the default model's backend as an admin would (the worker reloads it, no restart)."""
+    stack.run_manage(
+        "shell",
+        "-c",
+        "from inference.models import LanguageModel\n"
+        f"LanguageModel.objects.filter(is_default=True).update(backend={backend!r})\n",
+    )
 
-    with tempfile.TemporaryDirectory(prefix="chat-bench-") as tmp:
-        stack = LiveStack(Path(tmp), workers=1, extra_env={"CHAT_RATE_LIMIT": "0", "LOG_LEVEL": "WARNING"})
-        stack.start()
-        try:
-            cookie = login_cookie(stack, "bench")
-            worker_pid = list(stack.worker_pids.values())[0]
-            asyncio.run(one_reply(stack, cookie, "Hello", 8))  # warm-up
-            single = [asyncio.run(one_reply(stack, cookie, PROMPTS[0], tokens)) for _ in range(3)]
-            rss_1 = rss_mb(worker_pid)
-            concurrent = asyncio.run(many(stack, cookie, users, tokens))
-            sixteen = asyncio.run(many(stack, cookie, 16, 32))
-            rss_16 = rss_mb(worker_pid)
-        finally:
-            stack.stop()
+
+def long_conversation(stack, username: str, turns: int) -> int:
+    """A conversation of `turns` user/assistant pairs for `username`; returns its id."""
+    out = stack.run_manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model\n"
+        "from chat.models import Conversation, Message\n"
+        "from inference.models import LanguageModel\n"
+        f"user = get_user_model().objects.get(username={username!r})\n"
+        "c = Conversation.objects.create(user=user, title='long', model=LanguageModel.objects.get(is_default=True))\n"
+        "rows = []\n"
+        f"for i in range({turns}):\n"
+        "    rows.append(Message(conversation=c, role='user', content=f'Question {i}: tell me about the number {i}.'))\n"
+        "    rows.append(Message(conversation=c, role='assistant', content=f'The number {i} is a whole number.'))\n"
+        "Message.objects.bulk_create(rows)\n"
+        "print(c.pk)\n",
+    )
+    return int(out.strip().splitlines()[-1])
+
+
+def stack_backend(stack, cookie: str, backend: str, tokens: int, users: int, offset: int) -> dict:
+    """1 user three times, then `users` at once, on one backend (prompts not used before)."""
+    set_backend(stack, backend)
+    asyncio.run(one_reply(stack, cookie, f"Say hello to {backend}.", 8))  # warm-up (and reload)
+    single = [asyncio.run(one_reply(stack, cookie, PROMPTS[(offset + i) % len(PROMPTS)], tokens)) for i in range(3)]
+    prompts = [f"{PROMPTS[(offset + 3 + i) % len(PROMPTS)]} ({backend} {i})" for i in range(users)]
+    concurrent = asyncio.run(many(stack, cookie, prompts, tokens))
     start = min(r["sent"] for r in concurrent)
     end = max(r["done"] for r in concurrent)
     first_done = min(r["done"] for r in concurrent)
     return {
         "single_tok_s": statistics.median(r["tok_s"] for r in single),
-        "single_tokens": single[0]["tokens"],
         "single_ttft_ms": statistics.median(r["ttft_ms"] for r in single),
         "single_server_ttft_ms": statistics.median(r["server_ttft_ms"] for r in single),
-        "users": users,
         "aggregate_tok_s": sum(r["tokens"] for r in concurrent) / (end - start),
         "users_ttft_ms": [round(r["ttft_ms"]) for r in concurrent],
         "all_first_tokens_before_any_reply_ended": all(r["first"] < first_done for r in concurrent),
-        "sixteen_completed": len(sixteen),
-        "worker_rss_mb_1_user": rss_1,
-        "worker_rss_mb_16_users": rss_16,
     }
+
+
+def stack_long(stack, cookie: str, backend: str, conversation: int) -> dict:
+    """One user's reply in a very long conversation and another's short reply, started together."""
+    set_backend(stack, backend)
+    asyncio.run(one_reply(stack, cookie, f"Say hi to {backend}.", 4))
+
+    async def both():
+        return await asyncio.gather(
+            one_reply(stack, cookie, "And what about the next number?", 16, conversation=conversation),
+            one_reply(stack, cookie, f"hi ({backend})", 8),
+        )
+
+    long, short = asyncio.run(both())
+    return {"long": long, "short": short}
+
+
+def stack_run(tokens: int, users: int, turns: int) -> dict:
+    from tests.live_client import login_cookie, rss_mb
+    from tests.stack import LiveStack
+
+    with tempfile.TemporaryDirectory(prefix="chat-bench-") as tmp:
+        env = {"CHAT_RATE_LIMIT": "0", "CHAT_MAX_ACTIVE_PER_USER": str(users + 2), "LOG_LEVEL": "WARNING"}
+        stack = LiveStack(Path(tmp), workers=1, extra_env=env)
+        stack.start()
+        try:
+            cookie = login_cookie(stack, "bench")
+            worker_pid = list(stack.worker_pids.values())[0]
+            conversation = long_conversation(stack, "bench", turns)
+            result = {}
+            for offset, backend in enumerate(("llamacpp", "transformers")):
+                result[backend] = stack_backend(stack, cookie, backend, tokens, users, offset * 4)
+                result[backend]["worker_rss_mb"] = rss_mb(worker_pid)
+                result[backend]["long"] = stack_long(stack, cookie, backend, conversation)
+        finally:
+            stack.stop()
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=128, help="max new tokens per reply")
+    parser.add_argument("--tokens", type=int, default=96, help="max new tokens per reply")
     parser.add_argument("--users", type=int, default=8, help="concurrent users in the batch test")
+    parser.add_argument("--turns", type=int, default=2000, help="turns of the long conversation")
     args = parser.parse_args()
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
+    import django
 
+    django.setup()
+    from django.conf import settings
+
+    threads = settings.INFERENCE_LLAMACPP_THREADS or os.cpu_count() or 1
+    parallel = min(settings.INFERENCE_MAX_BATCH, settings.INFERENCE_LLAMACPP_PARALLEL)
+    bare_cpp = bare_llamacpp(args.tokens, args.users, threads, parallel)
     bare = bare_generate(args.tokens, args.users)
-    stack = stack_run(args.tokens, args.users)
+    stack = stack_run(args.tokens, args.users, args.turns)
+    cpp, hf = stack["llamacpp"], stack["transformers"]
+    best_8 = max(bare_cpp["batch_tok_s"], hf["aggregate_tok_s"])
     ratios = {
-        "single_vs_bare": stack["single_tok_s"] / bare["single_tok_s"],
-        "ttft_minus_prefill_ms": stack["single_ttft_ms"] - bare["prefill_ms"],
-        "aggregate_vs_single": stack["aggregate_tok_s"] / stack["single_tok_s"],
-        "bare_batch_vs_bare_single": bare["batch_tok_s"] / bare["single_tok_s"],
+        "cpp_single_vs_bare": cpp["single_tok_s"] / bare_cpp["single_tok_s"],
+        "cpp_ttft_minus_bare_ms": cpp["single_ttft_ms"] - bare_cpp["single_ttft_ms"],
+        "cpp_users_vs_best": cpp["aggregate_tok_s"] / best_8,
+        "hf_single_vs_bare": hf["single_tok_s"] / bare["single_tok_s"],
+        "hf_ttft_minus_prefill_ms": hf["single_ttft_ms"] - bare["prefill_ms"],
+        "hf_users_vs_single": hf["aggregate_tok_s"] / hf["single_tok_s"],
     }
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "bare": bare,
+        "bare_llamacpp": bare_cpp,
+        "bare_generate": bare,
         "stack": stack,
         "ratios": ratios,
     }
@@ -189,24 +330,50 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(result, indent=2))
     checks = [
-        ("single user tokens/s ≥ 0.9 × bare generate", ratios["single_vs_bare"] >= 0.9),
-        ("time to first token ≤ bare prefill + 100 ms", ratios["ttft_minus_prefill_ms"] <= 100),
-        (f"{args.users} users aggregate ≥ 3.5 × single user", ratios["aggregate_vs_single"] >= 3.5),
-        ("no user waits for another's whole reply", stack["all_first_tokens_before_any_reply_ended"]),
+        ("llama.cpp: 1 user tokens/s ≥ 0.9 × bare llama.cpp", ratios["cpp_single_vs_bare"] >= 0.9),
+        ("llama.cpp: first token ≤ bare + 50 ms", ratios["cpp_ttft_minus_bare_ms"] <= 50),
+        (
+            f"llama.cpp: {args.users} users ≥ 0.9 × the better of bare llama.cpp ({args.users} parallel) "
+            "and the transformers stack",
+            ratios["cpp_users_vs_best"] >= 0.9,
+        ),
+        ("transformers: 1 user tokens/s ≥ 0.9 × bare generate", ratios["hf_single_vs_bare"] >= 0.9),
+        ("transformers: first token ≤ bare prefill + 100 ms", ratios["hf_ttft_minus_prefill_ms"] <= 100),
+        (
+            "no user waits for another's whole reply (both backends)",
+            cpp["all_first_tokens_before_any_reply_ended"] and hf["all_first_tokens_before_any_reply_ended"],
+        ),
     ]
+
+    def long_row(name: str, data: dict) -> str:
+        long, short = data["long"]["long"], data["long"]["short"]
+        return (
+            f"| {name} | {long['prompt_tokens']} | {long['ttft_ms']:.0f} | {short['ttft_ms']:.0f} | "
+            f"{short['total_s'] * 1000:.0f} |"
+        )
+
     print(f"""
 ## Benchmark ({result["date"]}, {result["machine"]})
 
-Default model SmolLM2-135M-Instruct, dtype {bare["dtype"]} (chosen by measurement), greedy, up to {args.tokens} new tokens,
-prompt of {bare["prompt_tokens"]} tokens.
+Default model SmolLM2-135M-Instruct (the packaged Q4_1 GGUF for llama.cpp; the same weights
+de-quantized, {bare["dtype"]}, for transformers), greedy, up to {args.tokens} new tokens, a different
+prompt per reply; llama.cpp with {threads} threads and {parallel} parallel sequences.
 
-| measure | bare `generate` | stack over websocket | ratio |
-|---|---|---|---|
-| 1 user tokens/s | {bare["single_tok_s"]:.1f} | {stack["single_tok_s"]:.1f} | {ratios["single_vs_bare"]:.2f} |
-| 1 user first token (ms) | prefill {bare["prefill_ms"]:.0f} | {stack["single_ttft_ms"]:.0f} (server {stack["single_server_ttft_ms"]:.0f}) | +{ratios["ttft_minus_prefill_ms"]:.0f} ms |
-| {args.users} users aggregate tokens/s | batched {bare["batch_tok_s"]:.1f} ({ratios["bare_batch_vs_bare_single"]:.2f}×) | {stack["aggregate_tok_s"]:.1f} | {ratios["aggregate_vs_single"]:.2f}× single |
-| {args.users} users first token (ms) | | {", ".join(map(str, stack["users_ttft_ms"]))} | |
-| worker RSS (MB) | | 1 user {stack["worker_rss_mb_1_user"]:.0f}, 16 users {stack["worker_rss_mb_16_users"]:.0f} | |
+| measure | bare llama.cpp | stack, llama.cpp | bare `generate` | stack, transformers |
+|---|---|---|---|---|
+| 1 user tokens/s | {bare_cpp["single_tok_s"]:.1f} | {cpp["single_tok_s"]:.1f} ({ratios["cpp_single_vs_bare"]:.2f}×) | {bare["single_tok_s"]:.1f} | {hf["single_tok_s"]:.1f} ({ratios["hf_single_vs_bare"]:.2f}×) |
+| 1 user first token (ms) | {bare_cpp["single_ttft_ms"]:.0f} | {cpp["single_ttft_ms"]:.0f} (+{ratios["cpp_ttft_minus_bare_ms"]:.0f}) | prefill {bare["prefill_ms"]:.0f} | {hf["single_ttft_ms"]:.0f} (+{ratios["hf_ttft_minus_prefill_ms"]:.0f}) |
+| {args.users} users tokens/s | {bare_cpp["batch_tok_s"]:.1f} | {cpp["aggregate_tok_s"]:.1f} ({ratios["cpp_users_vs_best"]:.2f}× best) | {bare["batch_tok_s"]:.1f} | {hf["aggregate_tok_s"]:.1f} ({ratios["hf_users_vs_single"]:.2f}× single) |
+| {args.users} users first tokens (ms) | | {", ".join(map(str, cpp["users_ttft_ms"]))} | | {", ".join(map(str, hf["users_ttft_ms"]))} |
+| worker RSS (MB) | | {cpp["worker_rss_mb"]:.0f} | | {hf["worker_rss_mb"]:.0f} |
+
+A reply in a {args.turns}-turn conversation (trimmed to the model's input limit) started together with
+another user's 8-token "hi":
+
+| backend | long prompt tokens | long first token (ms) | "hi" first token (ms) | "hi" whole reply (ms) |
+|---|---|---|---|---|
+{long_row("llama.cpp", cpp)}
+{long_row("transformers", hf)}
 """)
     for label, ok in checks:
         print(f"- [{'x' if ok else ' '}] {label}")

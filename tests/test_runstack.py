@@ -254,7 +254,7 @@ def test_a_killed_inference_worker_is_restarted_its_reply_interrupted_and_the_ne
         launcher.wait_until_serving()
         use_model(launcher, "tiny", str(tiny_model_dir))  # a random 2-layer model: long, fast replies
         cookie = login_cookie(launcher, "alice")
-        first_id = f"{socket.gethostname()}-0"
+        first_id = f"{socket.gethostname()}-{launcher.process.pid}-0"
         victim = launcher.child_pids()["worker-0"]
         assert _parent(victim) == launcher.process.pid
 

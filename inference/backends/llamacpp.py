@@ -21,6 +21,7 @@ from .base import Backend, GenerationRequest, StepEvent, merge_events
 logger = logging.getLogger(__name__)
 
 WAIT_S = 0.02  # longest a step waits for a first event while requests run
+PREFILL_BATCH = 256  # tokens per llama.cpp batch (prompt chunks and decode tokens together)
 
 
 class LlamaCppBackend(Backend):
@@ -36,6 +37,10 @@ class LlamaCppBackend(Backend):
         params.n_parallel = n_parallel
         params.n_ctx = n_ctx
         params.kv_unified = True  # one KV pool shared by the slots: a long chat may use most of it
+        # llama.cpp puts prompt tokens and other slots' next tokens in one batch of n_batch: a
+        # small batch reads a long prompt in chunks, so the others keep getting tokens meanwhile.
+        params.n_batch = PREFILL_BATCH
+        params.n_ubatch = PREFILL_BATCH
         threads = n_threads or os.cpu_count() or 1
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads

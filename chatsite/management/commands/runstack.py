@@ -114,7 +114,9 @@ class Command(BaseCommand):
         self._start("daphne", [python, "-m", "daphne", "-b", host, "-p", str(port), "chatsite.asgi:application"])
         hostname = socket.gethostname()
         for i in range(options["workers"]):
-            name, worker_id = f"worker-{i}", f"{hostname}-{i}"
+            # The launcher's pid makes ids unique per run: a reply left "generating" by a run that
+            # was hard-killed must not look alive under the next run's worker of the same number.
+            name, worker_id = f"worker-{i}", f"{hostname}-{os.getpid()}-{i}"
             self._start(name, self._worker_argv(name, worker_id))
             restarted = partial(self._restarted_worker_argv, name, worker_id)
             self.supervisor.restart_on_crash(name, WORKER_RESTARTS, restarted)
