@@ -31,6 +31,7 @@ from .protocol import Done, ProtocolError, Request
 logger = logging.getLogger(__name__)
 
 REAP_INTERVAL_S = 3.0
+BUSY_POLL_S = 0.02  # while generating, look at the queue at most this often (a Redis round trip)
 RETRY_STORE_S = 1.0
 UNLOAD_CHECK_S = 10.0
 
@@ -79,6 +80,7 @@ class InferenceWorker:
         self.unstored: list[Finished] = []
         self.stopping = threading.Event()
         self._last_flush = 0.0
+        self._last_poll = 0.0
         self._last_reap = 0.0
         self._last_store_try = 0.0
         self._last_unload_check = time.monotonic()
@@ -151,7 +153,10 @@ class InferenceWorker:
         room = self.max_batch - busy
         try:
             if busy:
-                return streams.pop_requests(room) if room > 0 else []
+                if room <= 0 or time.monotonic() - self._last_poll < BUSY_POLL_S:
+                    return []
+                self._last_poll = time.monotonic()
+                return streams.pop_requests(room)
             first = streams.wait_request(timeout=1.0)
             if first is None:
                 return []
