@@ -74,7 +74,8 @@ def bare_llamacpp(tokens: int, users: int, threads: int, parallel: int) -> dict:
     params = xllamacpp.CommonParams()
     params.model.path = str(packaged_gguf_folder() / PACKAGED_GGUF)
     params.n_parallel = parallel
-    params.n_ctx = parallel * 4096
+    params.n_ctx = 8192
+    params.kv_unified = True
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
     params.verbosity = -1

@@ -304,6 +304,8 @@ INFERENCE_IDLE_UNLOAD_S = env_int("INFERENCE_IDLE_UNLOAD_S", 1800, minimum=0)
 # llama.cpp: threads (0: the number of CPU cores) and parallel sequences (slots) per model.
 INFERENCE_LLAMACPP_THREADS = env_int("INFERENCE_LLAMACPP_THREADS", 0, minimum=0)
 INFERENCE_LLAMACPP_PARALLEL = env_int("INFERENCE_LLAMACPP_PARALLEL", 8, minimum=1)
+# llama.cpp: tokens of KV cache shared by a model's parallel sequences (at least one full request).
+INFERENCE_LLAMACPP_CONTEXT = env_int("INFERENCE_LLAMACPP_CONTEXT", 8192, minimum=512)
 # Prompts longer than this are prefilled in chunks between decoding steps (transformers backend).
 INFERENCE_PREFILL_CHUNK = env_int("INFERENCE_PREFILL_CHUNK", 256, minimum=16)
 # Extra folders (comma-separated) a "local folder" model may be loaded from, besides MODEL_DIR.

@@ -153,7 +153,9 @@ class LlamaCppBackend(Backend):
             self.server.handle_completions(self._body(request), on_chunk)
         except Exception as exc:  # a crash inside the binding: fail this request only
             logger.exception("llama.cpp failed on %s", request.id)
-            self._put(request, state, StepEvent(request.id, finish_reason="error", error=f"Generation failed: {exc}"))
+            # Users see the kind only: the text may name paths (it is in the log above).
+            error = f"Generation failed ({type(exc).__name__})."
+            self._put(request, state, StepEvent(request.id, finish_reason="error", error=error))
         if not state["finished"]:
             reason = "cancelled" if request.id in self._cancelled else "error"
             error = "" if reason == "cancelled" else "llama.cpp ended the request without a result."
