@@ -11,11 +11,13 @@ import contextlib
 import json
 import logging
 import time
+from importlib import import_module
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.contrib.auth import get_user_model
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.utils.crypto import constant_time_compare
 from redis.exceptions import RedisError
 
 from inference import streams
@@ -27,6 +29,7 @@ from .models import Message
 logger = logging.getLogger(__name__)
 
 IDLE_CHECK_MS = 2000  # how long a quiet stream waits before asking the reaper
+MAX_FRAME_DEPTH = 8  # a frame nests 3 deep at most (frame → params → stop list)
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -78,6 +81,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return await self.error("invalid_json", "The frame is nested too deeply.")
         if not isinstance(frame, dict):
             return await self.error("invalid_json", "The frame must be a JSON object.")
+        if _deeper_than(frame, MAX_FRAME_DEPTH):
+            # Before any recursive walk: a frame that parses can still be too deep to walk.
+            return await self.error("invalid_json", "The frame is nested too deeply.")
         if _has_lone_surrogate(frame):
             return await self.error(
                 "invalid_field", "The frame contains an unpaired UTF-16 surrogate (like \\ud800), which is not text."
@@ -222,14 +228,37 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
 
 def _session_valid(scope) -> bool:
-    """The socket's user is still logged in (session not flushed) and still active."""
+    """The socket's user is still logged in (session not flushed), still active, and has not
+    changed their password since (Django logs every session out then: its auth hash no longer
+    matches, as `django.contrib.auth.get_user` checks on each request)."""
     user = scope.get("user")
     session = scope.get("session")
-    if user is None or not user.is_authenticated:
+    if user is None or not user.is_authenticated or session is None or not session.session_key:
         return False
-    if session is None or not session.session_key or not session.exists(session.session_key):
+    # A fresh read: the scope's session was loaded once, when the socket opened.
+    stored = import_module(settings.SESSION_ENGINE).SessionStore(session.session_key)
+    session_hash = stored.get(HASH_SESSION_KEY)
+    if not session_hash or stored.get(SESSION_KEY) != user._meta.pk.value_to_string(user):
         return False
-    return get_user_model().objects.filter(pk=user.pk, is_active=True).exists()
+    current = get_user_model().objects.filter(pk=user.pk, is_active=True).first()
+    if current is None:
+        return False
+    hashes = [current.get_session_auth_hash(), *current.get_session_auth_fallback_hash()]
+    return any(constant_time_compare(session_hash, h) for h in hashes)
+
+
+def _deeper_than(value, limit: int) -> bool:
+    """Whether lists and objects nest more than `limit` levels (iterative: any depth is safe)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def _has_lone_surrogate(value, depth: int = 0) -> bool:
