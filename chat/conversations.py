@@ -1,5 +1,6 @@
 """Conversation queries and settings changes for the HTTP views (ownership is checked here)."""
 
+import math
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -45,6 +46,8 @@ def _optional_setting(raw, name: str, errors: dict):
         return None
     try:
         value = float(raw) if isinstance(raw, str) else raw
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TypeError  # NaN passes every bounds check; infinity is no setting either
         return sampling.check_setting(name, value)
     except (TypeError, ValueError) as exc:
         errors[name] = exc.message if isinstance(exc, sampling.SettingsError) else f"{name} must be a number."
@@ -138,6 +141,79 @@ def conversation_json(conversation: Conversation) -> dict:
         "system_prompt": conversation.system_prompt,
         **{name: getattr(conversation, name) for name in sampling.SAMPLING_FIELDS},
         "max_tokens": conversation.max_tokens,
+    }
+
+
+# --- the settings panel -------------------------------------------------------------------------
+# Which settings sit under "More settings"; the rest (and max_tokens) show at once.
+MORE_SETTINGS = ("top_k", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty", "seed")
+MAX_TOKENS_HELP = "The longest reply, in tokens; each model has its own upper limit."
+SEED_HELP = (
+    "Makes replies repeatable: the same seed, prompt, settings and model pick the same tokens. "
+    "Not saved with the conversation: it goes with each message sent from this page. Empty: random."
+)
+
+
+def _number_text(value) -> str:
+    """A number as an <input type=number> reads it (no locale, no exponent for whole numbers)."""
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def settings_fields(conversation: Conversation | None = None) -> list[dict]:
+    """Every number the chat page's settings panel offers, in order: bounds and help from
+    inference.sampling (so the page, this module and the socket agree) and the conversation's
+    saved value as text ("" = the model's default). `saved` is False for the seed, which is sent
+    with each message instead of stored."""
+
+    def field(name, lo, hi, help_text, *, integer, lo_open=False, saved=True, placeholder=""):
+        value = getattr(conversation, name, None) if conversation is not None and saved else None
+        return {
+            "name": name,
+            "id": name.replace("_", "-"),
+            "label": name.replace("_", " ").capitalize(),
+            "help": help_text,
+            "min": _number_text(lo),
+            "max": _number_text(hi),
+            "loOpen": lo_open,
+            "integer": integer,
+            "step": "1" if integer else "0.01",
+            "saved": saved,
+            "placeholder": placeholder,
+            "more": name in MORE_SETTINGS,
+            "value": _number_text(value),
+        }
+
+    rules = [(name, sampling.RULES[name]) for name in sampling.SAMPLING_FIELDS]
+    return [
+        *(field(name, r.lo, r.hi, r.help, integer=r.integer, lo_open=r.lo_open) for name, r in rules),
+        # max_tokens' upper bound depends on the model: the page sets it from the model's cap.
+        field("max_tokens", 1, None, MAX_TOKENS_HELP, integer=True),
+        field("seed", 0, sampling.MAX_SEED, SEED_HELP, integer=True, saved=False, placeholder="random"),
+    ]
+
+
+def settings_groups(fields: list[dict]) -> list[dict]:
+    """The panel's two rows: the main settings, then "More settings" (open when one is set)."""
+    more = [f for f in fields if f["more"]]
+    return [
+        {"more": False, "open": True, "fields": [f for f in fields if not f["more"]]},
+        {"more": True, "open": any(f["value"] for f in more), "fields": more},
+    ]
+
+
+def model_settings_json(model: LanguageModel) -> dict:
+    """A model as the chat page needs it: its name, its default for every setting (what an empty
+    field in the settings panel means) and its cap on max_tokens."""
+    return {
+        "slug": model.slug,
+        "name": model.name,
+        "defaults": {
+            **{name: getattr(model, name) for name in sampling.SAMPLING_FIELDS},
+            "max_tokens": model.max_tokens,
+        },
+        "maxTokensCap": model.max_new_tokens_cap,
     }
 
 

@@ -236,7 +236,8 @@ def regenerate(user, message_id) -> Turn:
             _check_model(None, conversation) if message.model is None or not message.model.enabled else message.model
         )
         # The old reply's settings, checked again: the model's cap may have been lowered since.
-        old = {k: v for k, v in (message.params or {}).items() if k in {*sampling.SAMPLING_FIELDS, "seed", "stop"}}
+        # Not its seed: the same seed would give the same reply again.
+        old = {k: v for k, v in (message.params or {}).items() if k in {*sampling.SAMPLING_FIELDS, "stop"}}
         if isinstance((message.params or {}).get("max_tokens"), int):
             old["max_tokens"] = min(message.params["max_tokens"], model.max_new_tokens_cap)
         params = _check_params(old, model, conversation)

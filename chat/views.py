@@ -26,10 +26,12 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
     models = list(LanguageModel.objects.enabled())
     default_model = LanguageModel.default()
     active = next((m for m in messages if m.is_active), None)
+    setting_fields = conversations.settings_fields(conversation)
     config = {
         "conversation": conversation.pk if conversation else None,
         "conversationSettings": conversations.conversation_json(conversation) if conversation else None,
-        "models": [{"slug": m.slug, "name": m.name} for m in models],
+        "models": [conversations.model_settings_json(m) for m in models],
+        "settingFields": setting_fields,
         "defaultModel": default_model.slug if default_model else None,
         "activeMessage": active.pk if active else None,
         "maxMessageChars": settings.CHAT_MAX_MESSAGE_CHARS,
@@ -44,6 +46,7 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
             "conversations": conversations.conversations_for(request.user)[:200],
             "models": models,
             "default_model": default_model,
+            "setting_groups": conversations.settings_groups(setting_fields),
             "chat_config": config,
         },
     )

@@ -6,6 +6,7 @@ they cannot disagree. Both backends implement every setting here with the same m
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 MAX_STOP_STRINGS = 4
@@ -33,7 +34,7 @@ class Rule:
     integer: bool = False
 
     def check(self, name: str, value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise SettingsError(name, f"{name} must be a number. {self.help}")
         if self.integer and not float(value).is_integer():
             raise SettingsError(name, f"{name} must be a whole number. {self.help}")

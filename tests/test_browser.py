@@ -8,6 +8,7 @@ a 2-core CPU.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
@@ -400,11 +401,12 @@ def test_sidebar_renames_searches_and_deletes_a_conversation(page, stack):
     search.fill("")
     expect(item).to_be_visible()
 
-    # A settings value the server refuses is explained next to the form.
+    # A settings value the server refuses is explained next to its field.
     page.get_by_test_id("settings-toggle").click()
     page.get_by_test_id("temperature").fill("5")
     page.get_by_test_id("settings-save").click()
-    expect(page.get_by_test_id("settings-error")).to_contain_text("temperature")
+    expect(page.get_by_test_id("temperature-error")).to_contain_text("temperature must be from 0 to 2")
+    expect(page.get_by_test_id("settings-error")).to_contain_text("Temperature")
 
     page.once("dialog", lambda dialog: dialog.accept())
     item.get_by_test_id("delete").click()
@@ -412,6 +414,67 @@ def test_sidebar_renames_searches_and_deletes_a_conversation(page, stack):
     expect(item).to_have_count(0)
     page.get_by_test_id("search").fill(marker)
     expect(page.get_by_test_id("conversation-item")).to_have_count(0)
+
+
+def test_settings_panel_keeps_top_k_and_the_repetition_penalty_after_a_reload(page):
+    sent: list[dict] = []
+
+    def record_frames(ws) -> None:
+        server = ws.connect_to_server()
+
+        def from_page(message) -> None:
+            sent.append(json.loads(str(message)))
+            server.send(message)
+
+        ws.on_message(from_page)
+
+    page.route_web_socket(re.compile(r"/ws/chat/$"), record_frames)
+    new_chat(page, max_tokens=4)
+    wait_finished(send(page, "Hi"))
+    conversation_id(page)
+
+    page.get_by_test_id("settings-toggle").click()
+    more = page.get_by_test_id("more-settings")
+    expect(page.get_by_test_id("top-k")).to_be_hidden()  # folded under "More settings"
+    more.locator("summary").click()
+    top_k, penalty = page.get_by_test_id("top-k"), page.get_by_test_id("repetition-penalty")
+    # An empty field shows the model's default; the help comes from the server's rules.
+    expect(top_k).to_have_attribute("placeholder", re.compile(r"^\d+ \(default\)$"))
+    expect(penalty).to_have_attribute("placeholder", re.compile(r"^[\d.]+ \(default\)$"))
+    expect(top_k).to_have_attribute("title", re.compile(r"k likeliest tokens"))
+    expect(page.locator('label[for="repetition-penalty"]')).to_have_text("Repetition penalty")
+    top_k.fill("12")
+    penalty.fill("1.3")
+    page.get_by_test_id("seed").fill("42")
+    page.get_by_test_id("settings-save").click()
+    expect(page.get_by_test_id("settings-status")).to_have_text("Saved.")
+
+    page.reload()
+    wait_connected(page)
+    page.get_by_test_id("settings-toggle").click()
+    expect(more).to_have_attribute("open", "")  # a setting in it is set
+    expect(top_k).to_have_value("12")
+    expect(penalty).to_have_value("1.3")
+    expect(page.get_by_test_id("max-tokens")).to_have_value("4")
+    expect(page.get_by_test_id("seed")).to_have_value("")  # the seed is not stored
+
+    # A value out of range is refused by the server and explained next to its field.
+    top_k.fill("5000")
+    page.get_by_test_id("settings-save").click()
+    expect(page.get_by_test_id("top-k-error")).to_contain_text("top_k must be from 0 to 1000")
+    expect(top_k).to_have_attribute("aria-invalid", "true")
+    top_k.fill("12")
+    expect(page.get_by_test_id("top-k-error")).to_be_hidden()
+
+    # The seed goes with the message, next to the saved settings.
+    page.get_by_test_id("seed").fill("42")
+    wait_finished(send(page, "Hello again"))
+    frame = [f for f in sent if f.get("type") == "chat.send"][-1]
+    assert frame["params"] == {"top_k": 12, "repetition_penalty": 1.3, "max_tokens": 4, "seed": 42}
+    page.reload()
+    wait_connected(page)
+    page.get_by_test_id("settings-toggle").click()
+    expect(top_k).to_have_value("12")
 
 
 def test_phone_layout_hides_the_sidebar_and_can_send(browser, stack):

@@ -1,6 +1,7 @@
 """The chat page and its JSON endpoints: login, ownership, search, settings, delete, CSRF."""
 
 import json
+import re
 
 import pytest
 from django.conf import settings
@@ -9,6 +10,7 @@ from django.urls import reverse
 
 from chat.models import Conversation, LanguageModel, Message
 from chat.rendering import render_markdown
+from inference.sampling import MAX_SEED, RULES, SAMPLING_FIELDS
 
 pytestmark = pytest.mark.django_db
 
@@ -68,8 +70,7 @@ def snapshot(conversation):
     return (
         conversation.title,
         conversation.system_prompt,
-        conversation.temperature,
-        conversation.top_p,
+        *(getattr(conversation, name) for name in SAMPLING_FIELDS),
         conversation.max_tokens,
         conversation.model_id,
         list(conversation.messages.values_list("id", "content")),
@@ -150,6 +151,75 @@ def test_the_owner_gets_her_messages_as_json(alice, alices_chat):
     assert [m["role"] for m in messages] == ["user", "assistant"]
     assert messages[0]["content"] == "Plan a **weekend** in Paris"
     assert messages[1]["html"] == "<p>Start at the <em>Louvre</em>.</p>"
+
+
+def page_config(response) -> dict:
+    match = re.search(
+        r'<script id="chat-config" type="application/json">(.*?)</script>', response.content.decode(), re.S
+    )
+    assert match, "the page has no chat-config JSON"
+    return json.loads(match.group(1))
+
+
+def test_the_page_hands_every_enabled_models_defaults_to_its_script(alice, small_model, big_model):
+    big_model.top_k, big_model.repetition_penalty, big_model.presence_penalty = 7, 1.4, 0.5
+    big_model.save()
+    LanguageModel.objects.create(name="Off", slug="off", location="/models/off", enabled=False)
+    config = page_config(client_for(alice).get(reverse("chat:home")))
+    models = {m["slug"]: m for m in config["models"]}
+    assert set(models) == {"small", "big"}
+    for model in (small_model, big_model):
+        expected = {name: getattr(model, name) for name in SAMPLING_FIELDS} | {"max_tokens": model.max_tokens}
+        assert models[model.slug]["defaults"] == expected
+        assert models[model.slug]["maxTokensCap"] == model.max_new_tokens_cap
+    assert models["big"]["defaults"]["top_k"] == 7
+
+
+def test_the_page_hands_the_bounds_and_help_of_every_setting_to_its_script(alice, small_model):
+    fields = {f["name"]: f for f in page_config(client_for(alice).get(reverse("chat:home")))["settingFields"]}
+    assert set(fields) == {*SAMPLING_FIELDS, "max_tokens", "seed"}
+    for name in SAMPLING_FIELDS:
+        rule = RULES[name]
+        assert (float(fields[name]["min"]), float(fields[name]["max"])) == (rule.lo, rule.hi)
+        assert (fields[name]["help"], fields[name]["integer"], fields[name]["saved"]) == (rule.help, rule.integer, True)
+    assert (fields["seed"]["min"], fields["seed"]["max"], fields["seed"]["saved"]) == ("0", str(MAX_SEED), False)
+
+
+def test_every_setting_has_a_labelled_input_with_help_and_a_place_for_its_error(alice, small_model):
+    body = client_for(alice).get(reverse("chat:home")).content.decode()
+    for name in (*SAMPLING_FIELDS, "max_tokens", "seed"):
+        field_id = name.replace("_", "-")
+        assert f'<label for="{field_id}"' in body
+        tag = re.search(rf'<input type="number" id="{field_id}"[^>]*>', body, re.S)
+        assert tag, f"no input for {name}"
+        assert f'name="{name}"' in tag.group(0) and re.search(r'title="[^"]{10,}"', tag.group(0))
+        assert f'data-error-for="{name}"' in body
+    for name in SAMPLING_FIELDS:
+        assert f'title="{RULES[name].help}"' in body
+
+
+def test_the_saved_settings_fill_the_panel_and_open_more_settings(alice, alices_chat):
+    alices_chat.top_k, alices_chat.repetition_penalty, alices_chat.temperature = 12, 1.3, 0.25
+    alices_chat.save()
+    body = client_for(alice).get(urls_for(alices_chat.pk)["page"]).content.decode()
+    assert re.search(r'<input type="number" id="top-k"[^>]*value="12"', body, re.S)
+    assert re.search(r'<input type="number" id="repetition-penalty"[^>]*value="1.3"', body, re.S)
+    assert re.search(r'<input type="number" id="temperature"[^>]*value="0.25"', body, re.S)
+    assert re.search(r'<input type="number" id="min-p"[^>]*value=""', body, re.S)
+    assert re.search(r'<details class="more-settings"[^>]* open>', body)
+
+
+def test_more_settings_stays_folded_when_none_of_them_is_set(alice, alices_chat):
+    body = client_for(alice).get(urls_for(alices_chat.pk)["page"]).content.decode()
+    assert re.search(r'<details class="more-settings"[^>]*data-testid="more-settings">', body)
+
+
+def test_the_chat_page_has_no_inline_script_handler_or_style(alice, alices_chat):
+    body = client_for(alice).get(urls_for(alices_chat.pk)["page"]).content.decode()
+    for attrs in re.findall(r"<script\b([^>]*)>", body):
+        assert "src=" in attrs or 'type="application/json"' in attrs, f"inline script: <script{attrs}>"
+    assert not re.search(r"<[^>]+\sstyle\s*=", body)
+    assert not re.search(r"<[^>]+\son[a-z]+\s*=", body, re.I)
 
 
 # --- search ----------------------------------------------------------------------------------------
@@ -258,6 +328,15 @@ def test_empty_values_clear_the_settings_back_to_the_model_defaults(alice, alice
         ({"temperature": "hot"}, "temperature"),
         ({"top_p": 0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_k": 1001}, "top_k"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"repetition_penalty": 0.4}, "repetition_penalty"),
+        ({"repetition_penalty": 2.01}, "repetition_penalty"),
+        ({"frequency_penalty": 3}, "frequency_penalty"),
+        ({"presence_penalty": -2.5}, "presence_penalty"),
+        ({"presence_penalty": "lots"}, "presence_penalty"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_tokens": 129}, "max_tokens"),
         ({"max_tokens": "ten"}, "max_tokens"),
@@ -271,6 +350,68 @@ def test_an_invalid_setting_is_refused_with_an_error_for_that_field(alice, alice
     assert response.status_code == 400
     assert response.json()["errors"][field]
     assert snapshot(alices_chat) == before
+
+
+NEW_SAMPLING = {
+    "top_k": 12,
+    "min_p": 0.1,
+    "repetition_penalty": 1.3,
+    "frequency_penalty": -0.5,
+    "presence_penalty": 0.4,
+}
+
+
+def test_top_k_min_p_and_the_penalties_are_saved_and_returned(alice, alices_chat):
+    response = post_json(client_for(alice), urls_for(alices_chat.pk)["update"], NEW_SAMPLING)
+    assert response.status_code == 200
+    saved = response.json()["conversation"]
+    assert {k: saved[k] for k in NEW_SAMPLING} == NEW_SAMPLING
+    alices_chat.refresh_from_db()
+    assert {k: getattr(alices_chat, k) for k in NEW_SAMPLING} == NEW_SAMPLING
+    assert isinstance(alices_chat.top_k, int)
+
+
+def test_top_k_and_the_penalties_sent_as_form_text_are_saved_as_numbers(alice, alices_chat):
+    data = {"top_k": "40", "repetition_penalty": "1.25", "frequency_penalty": "-2", "presence_penalty": "2"}
+    response = client_for(alice).post(urls_for(alices_chat.pk)["update"], data)
+    assert response.status_code == 200
+    alices_chat.refresh_from_db()
+    assert (alices_chat.top_k, alices_chat.repetition_penalty) == (40, 1.25)
+    assert (alices_chat.frequency_penalty, alices_chat.presence_penalty) == (-2.0, 2.0)
+
+
+@pytest.mark.parametrize("name", SAMPLING_FIELDS)
+def test_an_out_of_range_setting_is_refused_with_its_bounds_and_help(alice, alices_chat, name):
+    rule = RULES[name]
+    before = snapshot(alices_chat)
+    response = post_json(client_for(alice), urls_for(alices_chat.pk)["update"], {name: rule.hi + 1})
+    assert response.status_code == 400
+    errors = response.json()["errors"]
+    assert set(errors) == {name}
+    assert f"{rule.hi:g}" in errors[name] and rule.help in errors[name]
+    assert snapshot(alices_chat) == before
+
+
+@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf"])
+def test_a_setting_that_is_not_a_finite_number_is_refused(alice, alices_chat, text):
+    before = snapshot(alices_chat)
+    for data in ({"temperature": text}, {"repetition_penalty": text}):
+        response = client_for(alice).post(urls_for(alices_chat.pk)["update"], data)
+        assert response.status_code == 400
+        assert set(response.json()["errors"]) == set(data)
+    assert snapshot(alices_chat) == before
+
+
+def test_empty_values_reset_top_k_min_p_and_the_penalties_to_the_model_defaults(alice, alices_chat):
+    for name, value in NEW_SAMPLING.items():
+        setattr(alices_chat, name, value)
+    alices_chat.save()
+    data = {"top_k": "", "min_p": None, "repetition_penalty": "", "frequency_penalty": None, "presence_penalty": ""}
+    response = post_json(client_for(alice), urls_for(alices_chat.pk)["update"], data)
+    assert response.status_code == 200
+    assert all(response.json()["conversation"][name] is None for name in data)
+    alices_chat.refresh_from_db()
+    assert {name: getattr(alices_chat, name) for name in data} == dict.fromkeys(data)
 
 
 def test_max_tokens_above_the_models_cap_is_refused_and_the_cap_is_named(alice, alices_chat):

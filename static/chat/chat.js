@@ -1,6 +1,7 @@
 /*
- * Chat page client: one websocket per tab (docs/protocol.md, version 1), the sidebar and the
- * settings panel. No dependencies, no build step.
+ * Chat page client: one websocket per tab (docs/protocol.md, version 1.1), the sidebar and the
+ * settings panel. No dependencies, no build step. The settings' bounds, help and the models'
+ * defaults come from the server in the page's JSON config (chat-config), never from here.
  *
  * Safety rule: text from the model or the user is inserted with textContent / Text nodes.
  * innerHTML is used only for HTML rendered and sanitized by the server (the `html` field of
@@ -38,9 +39,6 @@
     settingsError: $("settings-error"),
     modelSelect: $("model-select"),
     systemPrompt: $("system-prompt"),
-    temperature: $("temperature"),
-    topP: $("top-p"),
-    maxTokens: $("max-tokens"),
     connection: $("connection-status"),
   };
 
@@ -451,20 +449,138 @@
 
   // ---------------------------------------------------------------- settings
 
-  els.settingsToggle.addEventListener("click", function () {
-    var open = els.settingsPanel.hidden;
+  // Every number in the panel (config.settingFields): the sampling settings and max_tokens are
+  // saved with the conversation; a field with `saved` false (the seed) only goes with each send.
+  var FIELDS = config.settingFields || [];
+
+  function setSettingsOpen(open) {
     els.settingsPanel.hidden = !open;
     els.settingsToggle.setAttribute("aria-expanded", open ? "true" : "false");
+  }
+
+  els.settingsToggle.addEventListener("click", function () {
+    setSettingsOpen(els.settingsPanel.hidden);
   });
 
+  function modelInfo(slug) {
+    var models = config.models || [];
+    for (var i = 0; i < models.length; i++) {
+      if (models[i].slug === slug) return models[i];
+    }
+    return null;
+  }
+
+  /** An empty field means the chosen model's default: show that default as the placeholder. */
+  function applyModelDefaults() {
+    var model = modelInfo(els.modelSelect.value);
+    var defaults = (model && model.defaults) || {};
+    FIELDS.forEach(function (field) {
+      var input = $(field.id);
+      if (!input || !field.saved) return;
+      var value = defaults[field.name];
+      input.placeholder = value == null ? "default" : String(value) + " (default)";
+    });
+    var maxTokens = $("max-tokens");
+    if (maxTokens && model && model.maxTokensCap) maxTokens.max = String(model.maxTokensCap);
+  }
+
+  els.modelSelect.addEventListener("change", applyModelDefaults);
+
+  function fieldText(field) {
+    var text = $(field.id).value.trim();
+    return text === "" ? null : text;
+  }
+
+  /** What the browser can see is wrong with a field ("" if nothing); the server checks again. */
+  function fieldProblem(field) {
+    var input = $(field.id);
+    if (input.validity && input.validity.badInput) return field.name + " must be a number.";
+    var text = fieldText(field);
+    if (text === null) return "";
+    var value = Number(text);
+    if (isNaN(value)) return field.name + " must be a number.";
+    if (field.integer && !/^-?\d+$/.test(text)) return field.name + " must be a whole number.";
+    if (!field.saved && (value < Number(field.min) || value > Number(field.max))) {
+      // Never sent to the settings endpoint, so checked here before it goes with a message.
+      return field.name + " must be a whole number from " + field.min + " to " + field.max + ".";
+    }
+    return "";
+  }
+
+  function settingsProblems() {
+    var problems = {};
+    FIELDS.forEach(function (field) {
+      var problem = fieldProblem(field);
+      if (problem) problems[field.name] = problem;
+    });
+    return problems;
+  }
+
   function settingsValues() {
-    return {
-      model: els.modelSelect.value,
-      system_prompt: els.systemPrompt.value,
-      temperature: els.temperature.value.trim() === "" ? null : els.temperature.value.trim(),
-      top_p: els.topP.value.trim() === "" ? null : els.topP.value.trim(),
-      max_tokens: els.maxTokens.value.trim() === "" ? null : els.maxTokens.value.trim(),
-    };
+    var values = { model: els.modelSelect.value, system_prompt: els.systemPrompt.value };
+    FIELDS.forEach(function (field) {
+      if (field.saved) values[field.name] = fieldText(field);
+    });
+    return values;
+  }
+
+  function errorSlot(name) {
+    var slots = els.settingsForm.querySelectorAll("[data-error-for]");
+    for (var i = 0; i < slots.length; i++) {
+      if (slots[i].getAttribute("data-error-for") === name) return slots[i];
+    }
+    return null;
+  }
+
+  function setFieldError(name, text) {
+    var slot = errorSlot(name);
+    if (!slot) return false;
+    slot.textContent = text;
+    slot.hidden = !text;
+    var input = els.settingsForm.elements.namedItem(name);
+    if (input && input.setAttribute) {
+      if (text) {
+        input.setAttribute("aria-invalid", "true");
+        if (slot.id) input.setAttribute("aria-describedby", slot.id);
+      } else {
+        input.removeAttribute("aria-invalid");
+        input.removeAttribute("aria-describedby");
+      }
+    }
+    if (text) {
+      var more = slot.closest("details");
+      if (more) more.open = true;  // an error inside "More settings" must not stay folded away
+    }
+    return true;
+  }
+
+  function labelOf(name) {
+    for (var i = 0; i < FIELDS.length; i++) {
+      if (FIELDS[i].name === name) return FIELDS[i].label;
+    }
+    if (name === "model") return "Model";
+    if (name === "system_prompt") return "System prompt";
+    return name;
+  }
+
+  /** Each error next to its field; what has no field (and a summary) under the Save button. */
+  function showSettingsErrors(errors) {
+    var slots = els.settingsForm.querySelectorAll("[data-error-for]");
+    for (var i = 0; i < slots.length; i++) setFieldError(slots[i].getAttribute("data-error-for"), "");
+    var marked = [];
+    var other = [];
+    if (typeof errors === "string") {
+      other.push(errors);
+    } else {
+      Object.keys(errors || {}).forEach(function (name) {
+        var value = errors[name];
+        var text = Array.isArray(value) ? value.join(" ") : String(value);
+        if (setFieldError(name, text)) marked.push(labelOf(name));
+        else other.push(text);
+      });
+    }
+    if (marked.length) other.unshift("Not saved: check " + marked.join(", ") + ".");
+    showSettingsError(other.join(" "));
   }
 
   function showSettingsError(text) {
@@ -472,52 +588,54 @@
     els.settingsError.hidden = !text;
   }
 
+  // Editing a field clears its error.
+  els.settingsForm.addEventListener("input", function (event) {
+    if (event.target && event.target.name) setFieldError(event.target.name, "");
+  });
+
   function saveSettings(values) {
     els.settingsStatus.textContent = "Saving…";
     return postJSON("/api/conversations/" + state.conversation + "/", values).then(function (result) {
       if (!result.ok) {
         els.settingsStatus.textContent = "";
-        showSettingsError(errorsText(result.data.errors));
+        showSettingsErrors(result.data.errors || "The settings were not saved (HTTP " + result.status + ").");
         return false;
       }
-      showSettingsError("");
+      showSettingsErrors({});
       els.settingsStatus.textContent = "Saved.";
       return true;
     }).catch(function () {
       els.settingsStatus.textContent = "";
-      showSettingsError("Could not save the settings (network error).");
+      showSettingsErrors("Could not save the settings (network error).");
       return false;
     });
   }
 
   els.settingsForm.addEventListener("submit", function (event) {
     event.preventDefault();
+    var problems = settingsProblems();
+    if (Object.keys(problems).length) {
+      els.settingsStatus.textContent = "";
+      showSettingsErrors(problems);
+      return;
+    }
     var values = settingsValues();
-    var problem = validateSettings(values);
-    if (problem) { showSettingsError(problem); return; }
     if (state.conversation) {
       saveSettings(values);
     } else {
       state.pendingSettings = values;
-      showSettingsError("");
+      showSettingsErrors({});
       els.settingsStatus.textContent = "Will be saved with the conversation.";
     }
   });
 
-  function validateSettings(values) {
-    // The server checks again; this only catches what the browser can see.
-    if (values.temperature !== null && isNaN(Number(values.temperature))) return "temperature must be a number.";
-    if (values.top_p !== null && isNaN(Number(values.top_p))) return "top_p must be a number.";
-    if (values.max_tokens !== null && !/^\d+$/.test(values.max_tokens)) return "max_tokens must be a whole number.";
-    return "";
-  }
-
+  /** The chat.send params: every field that is set, as typed (saved or not), and the seed. */
   function sendParams() {
-    var values = settingsValues();
     var params = {};
-    if (values.temperature !== null && !isNaN(Number(values.temperature))) params.temperature = Number(values.temperature);
-    if (values.top_p !== null && !isNaN(Number(values.top_p))) params.top_p = Number(values.top_p);
-    if (values.max_tokens !== null && /^\d+$/.test(values.max_tokens)) params.max_tokens = Number(values.max_tokens);
+    FIELDS.forEach(function (field) {
+      var text = fieldText(field);
+      if (text !== null && !fieldProblem(field)) params[field.name] = Number(text);
+    });
     return params;
   }
 
@@ -750,6 +868,15 @@
       showError("The message is longer than " + config.maxMessageChars + " characters.");
       return;
     }
+    var problems = settingsProblems();
+    if (Object.keys(problems).length) {
+      setSettingsOpen(true);
+      showSettingsErrors(problems);
+      showError("Fix the settings first: " + Object.keys(problems).map(function (name) {
+        return problems[name];
+      }).join(" "));
+      return;
+    }
     hideError();
     var frame = { type: "chat.send", conversation: state.conversation || null, content: content };
     if (els.modelSelect.value) frame.model = els.modelSelect.value;
@@ -799,6 +926,7 @@
   // ---------------------------------------------------------------- start
 
   if (config.maxMessageChars) els.input.maxLength = config.maxMessageChars;
+  applyModelDefaults();
   if (config.activeMessage) {
     // A reply was still generating when the page loaded: replay it from the start.
     var active = messageElement(config.activeMessage);
