@@ -9,7 +9,7 @@ from .sampling import SAMPLING_FIELDS
 class LanguageModelForm(forms.ModelForm):
     class Meta:
         model = LanguageModel
-        fields = "__all__"
+        fields = "__all__"  # noqa: DJ007 - the admin's fieldsets choose what is shown
 
     def clean(self):
         data = super().clean()
