@@ -112,6 +112,8 @@ class LiveStack:
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "SECRET_KEY": secrets.token_urlsafe(50),
             "DEBUG": "0",
+            # Load tests open many replies for one user at once.
+            "CHAT_MAX_ACTIVE_PER_USER": "1000",
             **(extra_env or {}),
         }
         # The suite's own broker/layer settings must not leak into the stack.
