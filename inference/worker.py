@@ -114,8 +114,11 @@ class InferenceWorker:
         requests = self._pull_requests()
         if requests:
             close_old_connections()
-        for raw in requests:
-            self.admit(raw)
+        # Shortest prompts first: llama.cpp reads waiting prompts one after another, so a short
+        # one queued behind a long one would wait for all of it.
+        prepared = [p for p in map(self.prepare, requests) if p is not None]
+        for backend, generation in sorted(prepared, key=lambda p: len(p[1].prompt_ids)):
+            backend.add(generation)
         for slug, loaded in list(self.models.items()):
             backend = loaded.backend
             if not backend.has_work:
@@ -203,7 +206,8 @@ class InferenceWorker:
         logger.info("Inference worker %s stopped", self.worker_id)
 
     # --- requests ------------------------------------------------------------------------------
-    def admit(self, raw: dict) -> None:
+    def prepare(self, raw: dict) -> tuple[Backend, GenerationRequest] | None:
+        """Claim a request and build its prompt; None if it ended here (refused, failed, gone)."""
         try:
             request = Request.from_dict(raw)
         except (ProtocolError, TypeError, KeyError) as exc:
@@ -238,7 +242,7 @@ class InferenceWorker:
             return self._finish(reply, "error", error="Generation could not start on the inference worker.")
         reply.prompt_tokens = len(ids)
         self.replies[request.id] = reply
-        backend.add(GenerationRequest.build(request.id, ids, request.sampling))
+        return backend, GenerationRequest.build(request.id, ids, request.sampling)
 
     def _backend(self, slug: str) -> Backend:
         row = LanguageModel.objects.filter(slug=slug).first()

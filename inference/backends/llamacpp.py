@@ -21,13 +21,14 @@ from .base import Backend, GenerationRequest, StepEvent, merge_events
 logger = logging.getLogger(__name__)
 
 WAIT_S = 0.02  # longest a step waits for a first event while requests run
-PREFILL_BATCH = 256  # tokens per llama.cpp batch (prompt chunks and decode tokens together)
 
 
 class LlamaCppBackend(Backend):
     name = "llamacpp"
 
-    def __init__(self, gguf_path: str, tokenizer, *, n_parallel: int, n_threads: int, n_ctx: int) -> None:
+    def __init__(
+        self, gguf_path: str, tokenizer, *, n_parallel: int, n_threads: int, n_ctx: int, n_batch: int = 2048
+    ) -> None:
         import xllamacpp
 
         self.tokenizer = tokenizer
@@ -39,8 +40,8 @@ class LlamaCppBackend(Backend):
         params.kv_unified = True  # one KV pool shared by the slots: a long chat may use most of it
         # llama.cpp puts prompt tokens and other slots' next tokens in one batch of n_batch: a
         # small batch reads a long prompt in chunks, so the others keep getting tokens meanwhile.
-        params.n_batch = PREFILL_BATCH
-        params.n_ubatch = PREFILL_BATCH
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
         threads = n_threads or os.cpu_count() or 1
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads

@@ -86,7 +86,7 @@ class BatchEngine(Backend):
 
     name = "transformers"
 
-    def __init__(self, model, tokenizer, max_batch: int = 16, prefill_chunk: int = 256) -> None:
+    def __init__(self, model, tokenizer, max_batch: int = 16, prefill_chunk: int = 128) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
