@@ -304,9 +304,10 @@ def main() -> None:
     django.setup()
     from django.conf import settings
 
+    # Bare llama.cpp at its best here (a thread per core); the stack with what it is configured to use.
     threads = settings.INFERENCE_LLAMACPP_THREADS or os.cpu_count() or 1
     parallel = min(settings.INFERENCE_MAX_BATCH, settings.INFERENCE_LLAMACPP_PARALLEL)
-    bare_cpp = bare_llamacpp(args.tokens, args.users, threads, parallel)
+    bare_cpp = bare_llamacpp(args.tokens, args.users, os.cpu_count() or 1, parallel)
     bare = bare_generate(args.tokens, args.users)
     stack = stack_run(args.tokens, args.users, args.turns)
     cpp, hf = stack["llamacpp"], stack["transformers"]
@@ -358,7 +359,8 @@ def main() -> None:
 
 Default model SmolLM2-135M-Instruct (the packaged Q4_1 GGUF for llama.cpp; the same weights
 de-quantized, {bare["dtype"]}, for transformers), greedy, up to {args.tokens} new tokens, a different
-prompt per reply; llama.cpp with {threads} threads and {parallel} parallel sequences.
+prompt per reply; llama.cpp with {parallel} parallel sequences, {bare_cpp["threads"]} threads bare and
+{threads} in the stack.
 
 | measure | bare llama.cpp | stack, llama.cpp | bare `generate` | stack, transformers |
 |---|---|---|---|---|

@@ -306,9 +306,11 @@ INFERENCE_LLAMACPP_THREADS = env_int("INFERENCE_LLAMACPP_THREADS", 0, minimum=0)
 INFERENCE_LLAMACPP_PARALLEL = env_int("INFERENCE_LLAMACPP_PARALLEL", 8, minimum=1)
 # llama.cpp: tokens of KV cache shared by a model's parallel sequences (at least one full request).
 INFERENCE_LLAMACPP_CONTEXT = env_int("INFERENCE_LLAMACPP_CONTEXT", 8192, minimum=512)
-# Long prompts are read in chunks of this many tokens between decoding steps (both backends; for
-# llama.cpp it is the batch size), so other users' replies go on meanwhile. bench/run.py measured it.
+# transformers: long prompts are read in chunks of this many tokens between decoding steps, so
+# other users' replies go on meanwhile. llama.cpp: tokens per batch (prompt chunks and the other
+# sequences' next tokens together). Both chosen with bench/run.py (docs/performance.md).
 INFERENCE_PREFILL_CHUNK = env_int("INFERENCE_PREFILL_CHUNK", 128, minimum=16)
+INFERENCE_LLAMACPP_BATCH = env_int("INFERENCE_LLAMACPP_BATCH", 256, minimum=16)
 # Extra folders (comma-separated) a "local folder" model may be loaded from, besides MODEL_DIR.
 INFERENCE_MODEL_ROOTS = [p for p in env_str("INFERENCE_MODEL_ROOTS", "").split(",") if p.strip()]
 # Most replies one user may have queued or generating at once, across conversations.

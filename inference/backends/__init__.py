@@ -53,7 +53,14 @@ def _open_llamacpp(spec: ModelSpec, model_dir: Path, options: dict) -> Backend:
     per_request = options["max_input_tokens"] + options["max_new_tokens"]
     n_parallel = options["parallel"]
     n_ctx = max(per_request, options.get("context", 8192))
-    return LlamaCppBackend(str(path), tokenizer, n_parallel=n_parallel, n_threads=options["threads"], n_ctx=n_ctx)
+    return LlamaCppBackend(
+        str(path),
+        tokenizer,
+        n_parallel=n_parallel,
+        n_threads=options["threads"],
+        n_ctx=n_ctx,
+        n_batch=options.get("batch", 256),
+    )
 
 
 BACKENDS = {"transformers": _open_transformers, "llamacpp": _open_llamacpp}

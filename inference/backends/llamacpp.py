@@ -27,7 +27,7 @@ class LlamaCppBackend(Backend):
     name = "llamacpp"
 
     def __init__(
-        self, gguf_path: str, tokenizer, *, n_parallel: int, n_threads: int, n_ctx: int, n_batch: int = 2048
+        self, gguf_path: str, tokenizer, *, n_parallel: int, n_threads: int, n_ctx: int, n_batch: int = 256
     ) -> None:
         import xllamacpp
 
