@@ -130,6 +130,17 @@ class WorkerThread:
         self.thread.start()
         return self
 
+    def wait_loaded(self, slug: str, timeout: float = 120) -> WorkerThread:
+        """Wait until the worker has loaded `slug` (loading llama.cpp holds the GIL for about a
+        second, which would stall a test's event loop, e.g. a socket's connect, meanwhile)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while slug not in self.worker.models and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert slug in self.worker.models, f"the worker did not load {slug} in {timeout} s"
+        return self
+
     def stop(self) -> None:
         self.worker.stop()
         self.thread.join(timeout=15)

@@ -24,7 +24,7 @@ async def connect(user=None, origin: bytes = b"http://127.0.0.1") -> tuple[Webso
     if user is not None:
         headers.append((b"cookie", f"sessionid={await _session_cookie(user)}".encode()))
     communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
-    connected, _ = await communicator.connect()
+    connected, _ = await communicator.connect(timeout=10)
     return communicator, connected
 
 

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 def default_model_worker(settings):
     row, created = ensure_default_model()
     assert created and row.is_default and row.source == "packaged"
-    thread = WorkerThread(f"test-default-{uuid.uuid4().hex[:6]}").start()
+    thread = WorkerThread(f"test-default-{uuid.uuid4().hex[:6]}").start().wait_loaded(row.slug)
     yield row
     thread.stop()
 

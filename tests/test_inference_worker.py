@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 def backend_worker(request, settings):
     row, _ = ensure_default_model()
     LanguageModel.objects.filter(pk=row.pk).update(backend=request.param)
-    thread = WorkerThread(f"test-{request.param}-{uuid.uuid4().hex[:6]}").start()
+    thread = WorkerThread(f"test-{request.param}-{uuid.uuid4().hex[:6]}").start().wait_loaded(row.slug)
     yield request.param
     thread.stop()
 
