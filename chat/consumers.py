@@ -261,7 +261,7 @@ def _deeper_than(value, limit: int) -> bool:
     return False
 
 
-def _has_lone_surrogate(value, depth: int = 0) -> bool:
+def _has_lone_surrogate(value) -> bool:
     if isinstance(value, str):
         try:
             value.encode("utf-8")
@@ -269,9 +269,9 @@ def _has_lone_surrogate(value, depth: int = 0) -> bool:
             return True
         return False
     if isinstance(value, dict):
-        return any(_has_lone_surrogate(k, depth) or _has_lone_surrogate(v, depth + 1) for k, v in value.items())
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_has_lone_surrogate(v, depth + 1) for v in value)
+        return any(_has_lone_surrogate(v) for v in value)
     return False
 
 

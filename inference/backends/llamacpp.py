@@ -16,6 +16,7 @@ import os
 import queue
 import threading
 
+from ..sampling import PENALTY_WINDOW
 from .base import Backend, GenerationRequest, StepEvent, merge_events
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class LlamaCppBackend(Backend):
             "repeat_penalty": request.repetition_penalty,
             "frequency_penalty": request.frequency_penalty,
             "presence_penalty": request.presence_penalty,
-            "repeat_last_n": 64,
+            "repeat_last_n": PENALTY_WINDOW,
             "cache_prompt": True,
         }
         if request.seed is not None:
