@@ -94,7 +94,7 @@ def update_conversation(conversation: Conversation, data) -> SettingsResult:
         if name in data:
             changes[name] = _optional_setting(data[name], name, errors)
     if "model" in data:
-        model = LanguageModel.objects.enabled().filter(slug=str(data["model"])).first()
+        model = LanguageModel.objects.usable_by(conversation.user).filter(slug=str(data["model"])).first()
         if model is None:
             errors["model"] = "No enabled model with that name."
         else:

@@ -69,18 +69,19 @@ def _check_id(value, name: str) -> int:
     return value
 
 
-def _check_model(slug, conversation: Conversation | None) -> LanguageModel:
+def _check_model(user, slug, conversation: Conversation | None) -> LanguageModel:
     if slug is not None:
         if not isinstance(slug, str):
             raise TurnError("invalid_field", "model must be a model name (slug) string.")
         model = LanguageModel.objects.filter(slug=slug).first()
-        if model is None:
+        if model is None or not model.visible_to(user):  # another user's model: as if it did not exist
             raise TurnError("unknown_model", f"There is no model called {slug!r}. Pick one from the list.")
         if not model.enabled:
             raise TurnError("model_disabled", f"The model {slug!r} is disabled by an administrator. Pick another.")
         return model
     if conversation is not None and conversation.model is not None and conversation.model.enabled:
-        return conversation.model
+        if conversation.model.visible_to(user):
+            return conversation.model
     model = LanguageModel.default()
     if model is None:
         raise TurnError("no_model", "No model is enabled. An administrator must enable one in the admin.")
@@ -198,7 +199,7 @@ def start_turn(user, conversation_id, content, model_slug, params, system_prompt
         # Race: two tabs sending in one conversation at once; the row lock serialises them so
         # the busy check sees the first one's queued reply.
         conversation = None if conversation_id is None else _locked_owned_conversation(user, conversation_id)
-        model = _check_model(model_slug, conversation)
+        model = _check_model(user, model_slug, conversation)
         resolved = _check_params(params, model, conversation)
         if conversation is None:
             title = " ".join(content.split())[:TITLE_CHARS] or "New chat"
@@ -233,7 +234,9 @@ def regenerate(user, message_id) -> Turn:
         if user_message is None:
             raise TurnError("not_regenerable", "There is no user message to answer again.")
         model = (
-            _check_model(None, conversation) if message.model is None or not message.model.enabled else message.model
+            _check_model(user, None, conversation)
+            if message.model is None or not message.model.enabled or not message.model.visible_to(user)
+            else message.model
         )
         # The old reply's settings, checked again: the model's cap may have been lowered since.
         # Not its seed: the same seed would give the same reply again.

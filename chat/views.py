@@ -23,8 +23,11 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
         conversation = conversations.get_owned_conversation(request.user, conversation_id)
         replies.reap(conversation.messages.filter(status__in=Message.ACTIVE_STATUSES))
         messages = list(conversations.visible_messages(conversation))
-    models = list(LanguageModel.objects.enabled())
+    models = list(LanguageModel.objects.usable_by(request.user))
     default_model = LanguageModel.default()
+    # A link such as the fine-tuning page's "Chat with it" may name the model (?model=slug).
+    asked = next((m for m in models if m.slug == request.GET.get("model")), None)
+    selected_model = (conversation.model if conversation and conversation.model_id else None) or asked or default_model
     active = next((m for m in messages if m.is_active), None)
     setting_fields = conversations.settings_fields(conversation)
     config = {
@@ -46,6 +49,7 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
             "conversations": conversations.conversations_for(request.user)[:200],
             "models": models,
             "default_model": default_model,
+            "selected_model": selected_model,
             "setting_groups": conversations.settings_groups(setting_fields),
             "chat_config": config,
         },

@@ -13,12 +13,13 @@ from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
-from chat.routing import websocket_urlpatterns
+from chat.routing import websocket_urlpatterns as chat_sockets
+from finetuning.routing import websocket_urlpatterns as finetuning_sockets
 
 application = ProtocolTypeRouter(
     {
         # daphne serves /static/ itself on a single machine; behind a proxy set SERVE_STATIC=0.
         "http": ASGIStaticFilesHandler(django_asgi_app) if settings.SERVE_STATIC else django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(chat_sockets + finetuning_sockets))),
     }
 )

@@ -316,6 +316,25 @@ INFERENCE_MODEL_ROOTS = [p for p in env_str("INFERENCE_MODEL_ROOTS", "").split("
 # Most replies one user may have queued or generating at once, across conversations.
 CHAT_MAX_ACTIVE_PER_USER = env_int("CHAT_MAX_ACTIVE_PER_USER", 3, minimum=1)
 
+# --- Fine-tuning -----------------------------------------------------------------------------
+# Datasets, job checkpoints and logs; tuned models are written under MODEL_DIR/tuned.
+FINETUNE_DIR = Path(env_str("FINETUNE_DIR", str(VAR_DIR / "finetuning")))
+# Largest dataset upload, refused before the file is read into memory.
+FINETUNE_MAX_UPLOAD_BYTES = env_int("FINETUNE_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1024)
+FINETUNE_MAX_ROWS = env_int("FINETUNE_MAX_ROWS", 100_000, minimum=1)
+# A checkpoint every this many optimizer steps (a killed worker resumes from the last one).
+FINETUNE_CHECKPOINT_STEPS = env_int("FINETUNE_CHECKPOINT_STEPS", 20, minimum=1)
+# A running job whose worker has not reported for this long is resumed by the next worker start.
+FINETUNE_STALE_S = env_int("FINETUNE_STALE_S", 120, minimum=5)
+# A job whose worker died this many times ends failed instead of starting again.
+FINETUNE_MAX_ATTEMPTS = env_int("FINETUNE_MAX_ATTEMPTS", 3, minimum=1)
+# Questions of the general-knowledge probe asked before and after training (0: all of them).
+FINETUNE_PROBE_ITEMS = env_int("FINETUNE_PROBE_ITEMS", 0, minimum=0)
+# A tuned model that lost more than this share of what the base model answered right is marked.
+FINETUNE_FORGET_LIMIT = float(env_str("FINETUNE_FORGET_LIMIT", "0.1"))
+# Training throughput (tokens/s) used for estimates before a job of this machine has been measured.
+FINETUNE_ESTIMATE_TOKENS_PER_S = float(env_str("FINETUNE_ESTIMATE_TOKENS_PER_S", "200"))
+
 # /metrics (Prometheus): staff users, or `Authorization: Bearer <METRICS_TOKEN>` when set.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 

@@ -15,5 +15,6 @@ urlpatterns = [
     path("metrics", monitoring.prometheus, name="metrics"),
     path("accounts/login/", LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("finetune/", include("finetuning.urls")),
     path("", include("chat.urls")),
 ]

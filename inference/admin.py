@@ -24,14 +24,16 @@ class LanguageModelForm(forms.ModelForm):
 @admin.register(LanguageModel)
 class LanguageModelAdmin(admin.ModelAdmin):
     form = LanguageModelForm
-    list_display = ("name", "slug", "source", "backend", "device", "dtype", "enabled", "is_default")
-    list_filter = ("enabled", "source")
+    list_display = ("name", "slug", "source", "backend", "owner", "published", "enabled", "is_default")
+    list_filter = ("enabled", "source", "published")
     list_editable = ("enabled",)
     search_fields = ("name", "slug", "location")
     prepopulated_fields = {"slug": ("name",)}
-    actions = ["make_default", "disable"]
+    actions = ["make_default", "disable", "publish"]
+    readonly_fields = ("base", "lineage")
     fieldsets = (
         (None, {"fields": ("name", "slug", "enabled", "is_default")}),
+        ("Who may use it", {"fields": ("owner", "published", "base", "lineage")}),
         ("Source", {"fields": ("source", "location", "backend", "gguf_file", "device", "dtype")}),
         (
             "Generation",
@@ -53,6 +55,17 @@ class LanguageModelAdmin(admin.ModelAdmin):
             self.message_user(request, "Select exactly one model to make it the default.", level="error")
             return
         model = queryset.get()
+        if not model.is_shared:
+            self.message_user(request, "Publish this user's model before making it the default.", level="error")
+            return
+        if model.lineage.get("forgot_too_much") and not request.POST.get("confirm"):
+            self.message_user(
+                request,
+                f"{model} lost more of the general-knowledge probe than FINETUNE_FORGET_LIMIT allows "
+                "(see its job page); it was not made the default. Edit it and tick 'Is default' to insist.",
+                level="error",
+            )
+            return
         if not model.enabled:
             self.message_user(request, "Enable the model before making it the default.", level="error")
             return
@@ -69,3 +82,8 @@ class LanguageModelAdmin(admin.ModelAdmin):
             return
         count = queryset.update(enabled=False)
         self.message_user(request, f"Disabled {count} model(s).")
+
+    @admin.action(description="Publish the selected models to everyone")
+    def publish(self, request, queryset):
+        count = queryset.exclude(owner__isnull=True).update(published=True)
+        self.message_user(request, f"Published {count} model(s); every user can now chat with them.")

@@ -1,5 +1,6 @@
 """The model registry: which models the inference workers serve, how, and with what defaults."""
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
@@ -15,6 +16,13 @@ def _bounds(name: str) -> list:
 class LanguageModelQuerySet(models.QuerySet):
     def enabled(self):
         return self.filter(enabled=True)
+
+    def usable_by(self, user):
+        """Enabled models `user` may chat with: shared ones, their own tuned ones, published ones."""
+        if user is None or not user.is_authenticated:
+            return self.none()
+        visible = models.Q(owner__isnull=True) | models.Q(published=True) | models.Q(owner=user)
+        return self.enabled().filter(visible)
 
 
 class LanguageModel(models.Model):
@@ -91,6 +99,26 @@ class LanguageModel(models.Model):
     )
     system_prompt = models.TextField(blank=True, help_text="Used when a conversation sets none.")
     enabled = models.BooleanField(default=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="owned_models",
+        help_text="Empty: everyone may use it. Set: only this user (a fine-tuned model) until published.",
+    )
+    published = models.BooleanField(default=False, help_text="A user's model that everyone may use.")
+    base = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="derived",
+        help_text="The model this one was fine-tuned from.",
+    )
+    lineage = models.JSONField(
+        default=dict, blank=True, help_text="How it was made: job, dataset hash, configuration, metrics."
+    )
     is_default = models.BooleanField(default=False, help_text="The model new conversations use.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -136,12 +164,23 @@ class LanguageModel(models.Model):
             raise ValidationError({"gguf_file": "llama.cpp needs a .gguf file name."})
         if self.is_default and not self.enabled:
             raise ValidationError({"enabled": "The default model must be enabled."})
+        if self.is_default and self.owner_id and not self.published:
+            raise ValidationError({"is_default": "Publish this user's model before making it the default."})
         if self.max_tokens > self.max_new_tokens_cap:
             raise ValidationError({"max_tokens": "The default cannot exceed the new-tokens cap."})
 
     @classmethod
     def default(cls) -> "LanguageModel | None":
-        return cls.objects.enabled().filter(is_default=True).first() or cls.objects.enabled().first()
+        shared = cls.objects.enabled().filter(models.Q(owner__isnull=True) | models.Q(published=True))
+        return shared.filter(is_default=True).first() or shared.first()
+
+    @property
+    def is_shared(self) -> bool:
+        return self.owner_id is None or self.published
+
+    def visible_to(self, user) -> bool:
+        """Whether `user` may see and use it (enabled or not): see `usable_by`."""
+        return self.is_shared or (user is not None and self.owner_id == user.pk)
 
     @property
     def load_version(self) -> tuple:

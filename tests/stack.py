@@ -229,6 +229,20 @@ class LiveStack:
             log_path=self.log_dir / f"worker-{i}.log",
         )
 
+    # --- the Celery worker (fine-tuning jobs) ---------------------------------------------
+    CELERY_HOSTNAME = "celery@stack-test"
+
+    def start_celery(self) -> None:
+        """Start the Celery worker as `make run` does (solo pool, one job at a time), always
+        under the same name: a restarted worker resumes the jobs its earlier run left."""
+        argv = [sys.executable, "-m", "celery", "-A", "chatsite", "worker", "--loglevel", "info"]
+        argv += ["--concurrency", "1", "--pool", "solo", "--hostname", self.CELERY_HOSTNAME]
+        self.group.start("celery", argv, log_path=self.log_dir / "celery.log")
+
+    def kill_celery(self) -> None:
+        """SIGKILL the Celery worker, as a crash would."""
+        self.group.kill("celery")
+
     # --- management commands -------------------------------------------------------------
     def run_manage(self, *args: str, input: str | None = None, timeout: float = 300) -> str:
         """Run `manage.py <args>` against the stack's database and Redis; return its stdout."""

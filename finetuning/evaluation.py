@@ -1,0 +1,92 @@
+"""What a job learned and what it forgot: validation loss and perplexity, sample answers to
+held-out prompts, and the general-knowledge probe (finetuning/probe.py), measured on the base
+model before training and on the tuned model after, by the same code."""
+
+from __future__ import annotations
+
+import math
+
+from django.conf import settings
+
+from . import probe
+from .training import collate, encode_rows
+
+SAMPLES = 5
+
+
+def mean_loss(model, tokenizer, rows: list[list[dict]], batch_size: int = 8) -> float | None:
+    """Mean loss per trained (assistant) token over `rows`; None without rows."""
+    import torch
+
+    if not rows:
+        return None
+    encoded = encode_rows(rows, tokenizer)
+    collate_batch = collate(tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(encoded), batch_size):
+            batch = {k: v.to(device) for k, v in collate_batch(encoded[start : start + batch_size]).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            shifted = batch["labels"][:, 1:]
+            losses = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)), shifted.reshape(-1), ignore_index=-100, reduction="sum"
+            )
+            total += float(losses)
+            tokens += int((shifted != -100).sum())
+    return total / tokens if tokens else None
+
+
+def sample_prompts(rows: list[list[dict]]) -> list[str]:
+    """The last user message of the first held-out rows (their context is not replayed)."""
+    prompts = []
+    for messages in rows[:SAMPLES]:
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        if users:
+            prompts.append(users[-1])
+    return prompts
+
+
+def probe_items():
+    return probe.load_items(limit=settings.FINETUNE_PROBE_ITEMS or None)
+
+
+def measure(model, tokenizer, eval_rows: list[list[dict]], prompts: list[str]) -> dict:
+    """One model's numbers; the same dict for the base and the tuned model."""
+    loss = mean_loss(model, tokenizer, eval_rows)
+    answers = probe.answer_all(model, tokenizer, prompts, max_new_tokens=64) if prompts else []
+    result = probe.run_probe(model, tokenizer, probe_items())
+    return {
+        "eval_loss": loss,
+        "perplexity": math.exp(loss) if loss is not None and loss < 50 else None,
+        "samples": answers,
+        "probe": {"correct": result.correct, "total": result.total, "share": result.share, "answers": result.answers},
+    }
+
+
+def compare(base: dict, tuned: dict, prompts: list[str]) -> dict:
+    """Base vs tuned: the loss change, the probe's forgetting, and answers side by side."""
+    base_probe, tuned_probe = base["probe"], tuned["probe"]
+    base_right = {a["question"] for a in base_probe["answers"] if a["correct"]}
+    tuned_right = {a["question"] for a in tuned_probe["answers"] if a["correct"]}
+    lost = sorted(base_right - tuned_right)
+    lost_share = len(lost) / max(len(base_right), 1)
+    return {
+        "eval_loss": {"base": base["eval_loss"], "tuned": tuned["eval_loss"]},
+        "perplexity": {"base": base["perplexity"], "tuned": tuned["perplexity"]},
+        "probe": {
+            "total": tuned_probe["total"],
+            "base_correct": base_probe["correct"],
+            "tuned_correct": tuned_probe["correct"],
+            "lost": len(lost),
+            "gained": len(tuned_right - base_right),
+            "lost_share": lost_share,
+            "lost_examples": lost[:10],
+        },
+        "forgot_too_much": lost_share > settings.FINETUNE_FORGET_LIMIT,
+        "samples": [
+            {"prompt": p, "base": b, "tuned": t}
+            for p, b, t in zip(prompts, base["samples"], tuned["samples"], strict=False)
+        ],
+    }

@@ -1,0 +1,185 @@
+"""One job from claim to result, in the Celery worker: check the data, measure the base model,
+train, measure the tuned model, save it and register it as a model its owner can chat with."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils.text import slugify
+
+from inference.models import LanguageModel
+
+from . import evaluation, jobs, training
+from .models import Job
+
+logger = logging.getLogger(__name__)
+
+
+class JobFailed(Exception):
+    """A reason to end the job failed, written for the person who started it."""
+
+
+def run(job_id: int, worker: str) -> str | None:
+    """Run the job if this worker may (see jobs.claim); returns its final state, or None."""
+    job = jobs.claim(job_id, worker)
+    if job is None:
+        return None
+    try:
+        with jobs.Heartbeat(job):
+            _run(job)
+    except JobFailed as exc:
+        jobs.finish(job, Job.State.FAILED, f"Failed: {exc}", error=str(exc))
+    except Exception as exc:  # any other error ends the job failed, never stuck "running"
+        logger.exception("Fine-tuning job %s failed", job.pk)
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        jobs.finish(job, Job.State.FAILED, f"Failed: {reason}", error=reason)
+    job.refresh_from_db()
+    return job.state
+
+
+def _run(job: Job) -> None:
+    hp = job.hyperparameters
+    dataset = job.dataset
+    if not dataset.path.is_file():
+        raise JobFailed("The dataset's file is missing on this worker (FINETUNE_DIR must be shared with the site).")
+    if _sha256(dataset.path) != dataset.sha256:
+        raise JobFailed("The dataset's file changed since it was uploaded; upload it again.")
+    rows = training.read_rows(dataset.path)
+    train_rows, eval_rows = training.split_rows(rows, hp["validation_split"], hp["seed"])
+    job.log(f"{len(train_rows)} training rows, {len(eval_rows)} held out for validation.")
+    model, tokenizer, device, bf16 = training.load_base(job.base_model)
+    job.log(f"Loaded {job.base_model.name} on {device} ({'bf16 autocast' if bf16 else 'float32'}).")
+    prompts = evaluation.sample_prompts(eval_rows or train_rows)
+    if "base" not in job.evaluation:  # measured once, kept across resumes
+        job.evaluation = {"base": evaluation.measure(model, tokenizer, eval_rows, prompts)}
+        job.save(update_fields=["evaluation"])
+        job.log(_probe_line("Base model", job.evaluation["base"]))
+
+    jobs.set_state(job, Job.State.RUNNING)
+    outcome = training.train(job, model, tokenizer, train_rows, eval_rows, device, bf16)
+    if outcome.cancelled:
+        jobs.finish(job, Job.State.CANCELLED, "Cancelled while training; no model was registered.")
+        return
+    if outcome.tokens_per_s:
+        job.tokens_per_s = outcome.tokens_per_s
+        job.save(update_fields=["tokens_per_s"])
+    job.log(f"Trained in {outcome.train_runtime_s:.0f} s ({outcome.tokens_per_s or 0:.0f} tokens/s).")
+
+    jobs.set_state(job, Job.State.EVALUATING)
+    tuned = evaluation.measure(outcome.model, tokenizer, eval_rows, prompts)
+    job.evaluation = {**job.evaluation, "tuned": tuned}
+    job.evaluation["comparison"] = evaluation.compare(job.evaluation["base"], tuned, prompts)
+    job.save(update_fields=["evaluation"])
+    job.log(_probe_line("Tuned model", tuned))
+    if job.evaluation["comparison"]["forgot_too_much"]:
+        job.log(
+            f"Warning: the tuned model lost {job.evaluation['comparison']['probe']['lost_share']:.0%} of what the "
+            "base model answered right in the general-knowledge probe.",
+            level="warning",
+        )
+    if Job.objects.filter(pk=job.pk, cancel_requested=True).exists():
+        jobs.finish(job, Job.State.CANCELLED, "Cancelled during evaluation; no model was registered.")
+        return
+    folder = export_merged(job, outcome.model, tokenizer)
+    register(job, folder)
+
+
+def _probe_line(who: str, measured: dict) -> str:
+    probe = measured["probe"]
+    loss = measured["eval_loss"]
+    loss_text = f", validation loss {loss:.3f}" if loss is not None else ""
+    return f"{who}: general-knowledge probe {probe['correct']}/{probe['total']}{loss_text}."
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_slug(job: Job) -> str:
+    return f"{slugify(job.name)[:60] or 'tuned'}-ft{job.pk}"
+
+
+def export_merged(job: Job, model, tokenizer) -> Path:
+    """The tuned weights as a self-contained folder (safetensors, tokenizer, chat template)
+    under MODEL_DIR/tuned; a LoRA adapter is also kept in the job's folder."""
+    if job.method == Job.Method.LORA:
+        model.save_pretrained(str(job.work_dir / "adapter"))
+        model = model.merge_and_unload()
+    target = Path(settings.MODEL_DIR) / "tuned" / model_slug(job)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # an earlier attempt got this far: replace it
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    job.log(f"Saved the tuned model to {target.relative_to(settings.MODEL_DIR)} in MODEL_DIR.")
+    return target
+
+
+def register(job: Job, folder: Path) -> LanguageModel:
+    """The tuned model as a row its owner can chat with at once, with its lineage."""
+    base = job.base_model
+    comparison = job.evaluation.get("comparison", {})
+    lineage = {
+        "job": job.pk,
+        "base": base.slug,
+        "dataset": job.dataset.name,
+        "dataset_sha256": job.dataset.sha256,
+        "dataset_rows": job.dataset.rows,
+        "method": job.method,
+        "hyperparameters": job.hyperparameters,
+        "eval_loss": comparison.get("eval_loss"),
+        "probe": {k: v for k, v in comparison.get("probe", {}).items() if k != "lost_examples"},
+        "forgot_too_much": comparison.get("forgot_too_much", False),
+    }
+    sampling = {
+        name: getattr(base, name)
+        for name in (
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "repetition_penalty",
+            "frequency_penalty",
+            "presence_penalty",
+            "max_tokens",
+            "max_new_tokens_cap",
+            "max_input_tokens",
+            "system_prompt",
+        )
+    }
+    with transaction.atomic():
+        model, _ = LanguageModel.objects.update_or_create(
+            slug=model_slug(job),
+            defaults={
+                "name": job.name,
+                "source": LanguageModel.Source.LOCAL,
+                "location": str(folder.relative_to(settings.MODEL_DIR)),  # MODEL_DIR may differ per host
+                "backend": LanguageModel.Backend.TRANSFORMERS,
+                "owner": job.owner,
+                "base": base,
+                "lineage": lineage,
+                "enabled": True,
+                **sampling,
+            },
+        )
+        job.result_model = model
+        job.save(update_fields=["result_model"])
+        jobs.finish(job, Job.State.SUCCEEDED, f"Succeeded: the model {model.name!r} is ready in the chat.")
+    return model

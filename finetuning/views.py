@@ -1,0 +1,248 @@
+"""The fine-tuning studio's pages: datasets (upload, check, keep), jobs (start, watch, cancel).
+Thin: the work is in datastore.py, jobs.py and progress.py. Every lookup is by owner (staff
+see all); another user's ids answer 404."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from inference.models import LanguageModel
+
+from . import datastore, hyperparameters, jobs, progress
+from .datasets import DatasetError
+from .models import Dataset, Job
+from .uploads import limited_upload
+
+
+def may_finetune(user) -> bool:
+    return user.is_authenticated and (user.is_staff or user.has_perm("finetuning.finetune"))
+
+
+def finetuner_required(view):
+    """Logged in, with the "Can upload datasets and run fine-tuning jobs" permission (or staff)."""
+
+    @login_required
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs):
+        if not may_finetune(request.user):
+            return render(request, "finetuning/not_allowed.html", status=403)
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def _base_models(user):
+    return LanguageModel.objects.usable_by(user)
+
+
+@finetuner_required
+@require_GET
+def studio(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "finetuning/studio.html",
+        {
+            "datasets": Dataset.objects.owned_by(request.user).select_related("owner")[:200],
+            "jobs": Job.objects.owned_by(request.user).select_related("base_model", "dataset", "result_model")[:200],
+        },
+    )
+
+
+@limited_upload
+@finetuner_required
+@require_http_methods(["GET", "POST"])
+def upload(request: HttpRequest) -> HttpResponse:
+    models = list(_base_models(request.user))
+    context = {"models": models, "max_mb": settings.FINETUNE_MAX_UPLOAD_BYTES / 1e6, "analysis": None}
+    if request.method == "GET":
+        return render(request, "finetuning/upload.html", context)
+    if getattr(request, "upload_too_large", False):
+        context["error"] = (
+            f"The file is larger than the {settings.FINETUNE_MAX_UPLOAD_BYTES / 1e6:g} MB limit. "
+            "Split it or remove rows, then upload again."
+        )
+        return render(request, "finetuning/upload.html", context, status=413)
+    uploaded = request.FILES.get("file")
+    base = next((m for m in models if m.slug == request.POST.get("base_model")), None) or LanguageModel.default()
+    context["selected_model"] = base.slug if base else ""
+    context["name"] = request.POST.get("name", "")[:200]
+    if uploaded is None:
+        context["error"] = "Choose a .jsonl, .json or .csv file to upload."
+        return render(request, "finetuning/upload.html", context, status=400)
+    if base is None:
+        context["error"] = "No model is enabled to measure the rows with; ask an administrator."
+        return render(request, "finetuning/upload.html", context, status=400)
+    try:
+        analysis = datastore.analyze(_local_path(uploaded), uploaded.name, base, request.user.pk)
+    except DatasetError as exc:
+        context["error"] = str(exc)
+        return render(request, "finetuning/upload.html", context, status=400)
+    if analysis.error_count == 0:
+        dataset = datastore.save(request.user, analysis.token, context["name"])
+        messages.success(request, f"Saved {dataset.rows} rows as {dataset.name!r}.")
+        return redirect("finetuning:dataset", dataset.pk)
+    context["analysis"] = analysis
+    return render(request, "finetuning/upload.html", context, status=422)
+
+
+def _local_path(uploaded):
+    """The upload's file on disk (the upload handlers never keep it in memory)."""
+    from pathlib import Path
+
+    return Path(uploaded.temporary_file_path())
+
+
+@finetuner_required
+@require_POST
+def keep_good_rows(request: HttpRequest) -> HttpResponse:
+    token = request.POST.get("token", "")
+    if request.POST.get("action") == "discard":
+        datastore.discard(request.user.pk, token)
+        messages.info(request, "Upload discarded; nothing was saved.")
+        return redirect("finetuning:upload")
+    try:
+        dataset = datastore.save(request.user, token, request.POST.get("name", ""))
+    except DatasetError as exc:
+        messages.error(request, str(exc))
+        return redirect("finetuning:upload")
+    messages.success(
+        request, f"Saved {dataset.rows} rows as {dataset.name!r}; {dataset.dropped_rows} bad rows left out."
+    )
+    return redirect("finetuning:dataset", dataset.pk)
+
+
+@finetuner_required
+@require_http_methods(["GET", "POST"])
+def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    dataset = get_object_or_404(Dataset.objects.owned_by(request.user), pk=dataset_id)
+    if request.method == "POST":  # delete
+        try:
+            datastore.delete(dataset)
+        except DatasetError as exc:
+            messages.error(request, str(exc))
+            return redirect("finetuning:dataset", dataset.pk)
+        messages.success(request, f"Deleted the dataset {dataset.name!r}.")
+        return redirect("finetuning:studio")
+    return render(
+        request,
+        "finetuning/dataset.html",
+        {"dataset": dataset, "preview": datastore.preview(dataset), "jobs": dataset.jobs.all()[:50]},
+    )
+
+
+@finetuner_required
+@require_http_methods(["GET", "POST"])
+def new_job(request: HttpRequest) -> HttpResponse:
+    datasets = list(Dataset.objects.filter(owner=request.user)[:200])
+    models = list(_base_models(request.user))
+    form = {"method": "lora", "dataset": request.GET.get("dataset", ""), "base_model": ""}
+    errors = {}
+    if request.method == "POST":
+        form = {
+            k: request.POST.get(k, "").strip()
+            for k in ("name", "dataset", "base_model", "method", *hyperparameters.RULES)
+        }
+        dataset = next((d for d in datasets if str(d.pk) == form["dataset"]), None)
+        base = next((m for m in models if m.slug == form["base_model"]), None)
+        if dataset is None:
+            errors["dataset"] = "Pick one of your datasets."
+        if base is None:
+            errors["base_model"] = "Pick a model."
+        if not errors:
+            asked = {k: form[k] for k in hyperparameters.RULES}
+            try:
+                job = jobs.create(
+                    request.user,
+                    name=form["name"],
+                    base_model=base,
+                    dataset=dataset,
+                    method=form["method"],
+                    asked=asked,
+                )
+            except jobs.JobError as exc:
+                errors = exc.errors
+            else:
+                return redirect("finetuning:job", job.pk)
+    fields = [
+        {
+            "name": name,
+            "rule": rule,
+            "value": form.get(name, ""),
+            "default": hyperparameters.default(name, "lora"),
+            "full_default": hyperparameters.default(name, "full"),
+            "error": errors.get(name, ""),
+        }
+        for name, rule in hyperparameters.RULES.items()
+    ]
+    default_model = LanguageModel.default()
+    return render(
+        request,
+        "finetuning/new_job.html",
+        {
+            "datasets": datasets,
+            "models": models,
+            "form": form,
+            "errors": errors,
+            "fields": fields,
+            "default_model": form.get("base_model") or (default_model.slug if default_model else ""),
+            "methods": Job.Method.choices,
+        },
+        status=400 if errors else 200,
+    )
+
+
+def _owned_job(request: HttpRequest, job_id: int) -> Job:
+    job = (
+        Job.objects.owned_by(request.user)
+        .select_related("base_model", "dataset", "result_model")
+        .filter(pk=job_id)
+        .first()
+    )
+    if job is None:
+        raise Http404("No such job.")
+    return job
+
+
+@finetuner_required
+@require_GET
+def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = _owned_job(request, job_id)
+    return render(
+        request,
+        "finetuning/job.html",
+        {"job": job, "snapshot": progress.snapshot(job), "comparison": job.evaluation.get("comparison")},
+    )
+
+
+@finetuner_required
+@require_GET
+def job_progress(request: HttpRequest, job_id: int) -> JsonResponse:
+    job = _owned_job(request, job_id)
+    return JsonResponse(
+        progress.snapshot(
+            job, after_metric=_int(request.GET.get("after_metric")), after_event=_int(request.GET.get("after_event"))
+        )
+    )
+
+
+def _int(value) -> int:
+    try:
+        return max(int(value), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+@finetuner_required
+@require_POST
+def cancel_job(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = _owned_job(request, job_id)
+    jobs.request_cancel(job)
+    messages.info(request, "Cancel requested." if not job.is_finished else "The job had already finished.")
+    return redirect("finetuning:job", job.pk)
