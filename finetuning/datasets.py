@@ -86,17 +86,20 @@ def parse_file(
             raise DatasetError(f"This is {what}, not text. Upload the uncompressed .jsonl, .json or .csv file itself.")
     if b"\x00" in head:
         raise DatasetError("This looks like a binary file, not text. Upload a .jsonl, .json or .csv file.")
-    if kind == "jsonl" or (kind == "json" and _looks_like_jsonl(head)):
+    if kind == "json":
+        try:
+            raw, errors = _read_json(path, max_rows)
+        except _JsonLines:  # JSON Lines saved as .json
+            raw, errors = _read_jsonl(path, max_line_bytes, max_rows)
+    elif kind == "jsonl":
         raw, errors = _read_jsonl(path, max_line_bytes, max_rows)
-    elif kind == "json":
-        raw, errors = _read_json(path, max_rows)
     else:
         raw, errors = _read_csv(path, max_line_bytes, max_rows)
     return _to_rows(raw, errors)
 
 
-def _looks_like_jsonl(head: bytes) -> bool:
-    return head.lstrip().startswith(b"{")
+class _JsonLines(Exception):
+    pass
 
 
 def _read_jsonl(path: Path, max_line_bytes: int, max_rows: int) -> tuple[list, list[RowError]]:
@@ -150,11 +153,14 @@ def _read_json(path: Path, max_rows: int) -> tuple[list, list[RowError]]:
     try:
         data = _loads(text)
     except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data" and text.lstrip().startswith("{"):
+            raise _JsonLines from exc
         raise DatasetError(f"The file is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.") from exc
     except (ValueError, RecursionError) as exc:
         raise DatasetError(f"The file cannot be read: {_json_problem(exc)}.") from exc
     if isinstance(data, dict):
-        data = next((data[k] for k in ("data", "rows", "examples") if isinstance(data.get(k), list)), None)
+        listed = next((data[k] for k in ("data", "rows", "examples") if isinstance(data.get(k), list)), None)
+        data = listed if listed is not None else ([data] if formats.detect([data]) else None)
     if not isinstance(data, list):
         raise DatasetError('A .json dataset must be a list of rows, e.g. [{"messages": [...]}, ...].')
     if len(data) > max_rows:

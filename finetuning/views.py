@@ -63,13 +63,13 @@ def upload(request: HttpRequest) -> HttpResponse:
     context = {"models": models, "max_mb": settings.FINETUNE_MAX_UPLOAD_BYTES / 1e6, "analysis": None}
     if request.method == "GET":
         return render(request, "finetuning/upload.html", context)
+    uploaded = request.FILES.get("file")  # reads the upload (to disk, within the limit)
     if getattr(request, "upload_too_large", False):
         context["error"] = (
-            f"The file is larger than the {settings.FINETUNE_MAX_UPLOAD_BYTES / 1e6:g} MB limit. "
+            f"The file is larger than the {_megabytes(settings.FINETUNE_MAX_UPLOAD_BYTES)} limit. "
             "Split it or remove rows, then upload again."
         )
         return render(request, "finetuning/upload.html", context, status=413)
-    uploaded = request.FILES.get("file")
     base = next((m for m in models if m.slug == request.POST.get("base_model")), None) or LanguageModel.default()
     context["selected_model"] = base.slug if base else ""
     context["name"] = request.POST.get("name", "")[:200]
@@ -90,6 +90,10 @@ def upload(request: HttpRequest) -> HttpResponse:
         return redirect("finetuning:dataset", dataset.pk)
     context["analysis"] = analysis
     return render(request, "finetuning/upload.html", context, status=422)
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} KB"
 
 
 def _local_path(uploaded):
