@@ -6,6 +6,7 @@ app_name = "finetuning"
 
 urlpatterns = [
     path("", views.studio, name="studio"),
+    path("compare/", views.compare, name="compare"),
     path("datasets/upload/", views.upload, name="upload"),
     path("datasets/keep/", views.keep_good_rows, name="keep"),
     path("datasets/<int:dataset_id>/", views.dataset_detail, name="dataset"),

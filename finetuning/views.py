@@ -250,3 +250,20 @@ def cancel_job(request: HttpRequest, job_id: int) -> HttpResponse:
     jobs.request_cancel(job)
     messages.info(request, "Cancel requested." if not job.is_finished else "The job had already finished.")
     return redirect("finetuning:job", job.pk)
+
+
+@login_required
+@require_GET
+def compare(request: HttpRequest) -> HttpResponse:
+    """One prompt to two models, both replies streamed side by side (through the chat socket:
+    each side is a new conversation of the user's, with the same settings)."""
+    models = list(_base_models(request.user))
+    slugs = [m.slug for m in models]
+    default = LanguageModel.default()
+    first = request.GET.get("a") if request.GET.get("a") in slugs else (default.slug if default else "")
+    second = request.GET.get("b") if request.GET.get("b") in slugs else first
+    return render(
+        request,
+        "finetuning/compare.html",
+        {"models": models, "first": first, "second": second, "max_chars": settings.CHAT_MAX_MESSAGE_CHARS},
+    )

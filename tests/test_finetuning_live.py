@@ -260,6 +260,15 @@ def test_in_the_browser_upload_check_start_and_watch_the_chart_move(stack, tmp_p
         expect(page.get_by_test_id("job-state")).to_have_attribute("data-state", "succeeded", timeout=600_000)
         expect(page.get_by_test_id("chat-link")).to_be_visible(timeout=30_000)
         expect(page.get_by_test_id("comparison")).to_be_visible()
+        job_url = page.url
+        page.get_by_test_id("compare-link").click()  # base and tuned side by side
+        expect(page.get_by_test_id("compare-b")).to_have_value(re.compile(r"-ft\d+$"))
+        page.get_by_test_id("compare-prompt").fill("Who keeps the lighthouse?")
+        page.get_by_test_id("compare-send").click()
+        for side in ("a", "b"):
+            expect(page.get_by_test_id(f"reply-{side}")).to_have_attribute("data-done", "1", timeout=60_000)
+            expect(page.get_by_test_id(f"meta-{side}")).to_contain_text("tokens")
+        page.goto(job_url)
         page.get_by_test_id("chat-link").click()
         expect(page.get_by_test_id("model-select")).to_have_value(re.compile(r"-ft\d+$"))
         browser.close()
