@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.finetune import EXAMPLE, setup  # noqa: E402
+from bench.finetune import EXAMPLE, setup
 
 HELD_OUT = EXAMPLE.with_name("example_lighthouse_heldout.jsonl")
 
