@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,10 +157,25 @@ def _reporter_class():
     return Reporter
 
 
+def last_complete_checkpoint(job: Job, folder: Path) -> str | None:
+    """The newest checkpoint that was written to the end (the Trainer writes trainer_state.json
+    last); a worker killed while saving leaves a partial one, which is removed."""
+    if not folder.is_dir():
+        return None
+    found = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    for path in sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (OSError, ValueError):
+            job.log(f"{path.name} was cut off while saving (the worker stopped); it is removed.", level="warning")
+            shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
 def train(job: Job, model, tokenizer, train_rows: list, eval_rows: list, device: str, bf16: bool) -> Outcome:
     """Run (or resume) the job's training; returns the trained model unless cancelled."""
     from transformers import Trainer, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     hp = job.hyperparameters
     if job.method == Job.Method.LORA:
@@ -206,7 +223,7 @@ def train(job: Job, model, tokenizer, train_rows: list, eval_rows: list, device:
         data_collator=collate(tokenizer.pad_token_id),
         callbacks=[reporter],
     )
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_complete_checkpoint(job, checkpoints)
     if last:
         # Steps after the checkpoint are trained again: their rows are replaced, not doubled.
         JobMetric.objects.filter(job=job, step__gt=int(Path(last).name.rsplit("-", 1)[-1])).delete()

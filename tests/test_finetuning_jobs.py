@@ -142,3 +142,19 @@ def test_a_tuned_model_is_its_owners_until_published(alice, bob, tiny_model):
     tuned.published = True
     tuned.save()
     assert tuned in LanguageModel.objects.usable_by(bob)
+
+
+def test_a_checkpoint_cut_off_while_saving_is_skipped_and_removed(job, tmp_path):
+    from finetuning.training import last_complete_checkpoint
+
+    created, _ = job
+    for step, state in ((10, '{"global_step": 10}'), (20, '{"global_st'), (30, None)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"x")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(created, tmp_path) == str(tmp_path / "checkpoint-10")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10"]
+    assert "cut off while saving" in created.events.last().message
+    assert last_complete_checkpoint(created, tmp_path / "missing") is None
