@@ -3,7 +3,9 @@ the same behaviour for length, end of turn, cancel, seeds, UTF-8-safe text and t
 
 from __future__ import annotations
 
+import re
 import time
+from collections import Counter
 
 import pytest
 
@@ -111,7 +113,14 @@ def test_penalties_make_a_greedy_loop_less_repetitive(backend):
         "pen", prompt, max_new_tokens=40, repetition_penalty=1.5, frequency_penalty=1.0, presence_penalty=1.0
     )
     penalised = "".join(run(backend, [penalised_request])["pen"][0])
-    assert penalised.lower().count("flour") < plain.lower().count("flour")
+    # The loop's word depends on the dtype (picked per machine by measurement): compare how often
+    # each reply repeats its most frequent word, whatever it is.
+    assert top_repeats(penalised) < top_repeats(plain), (plain, penalised)
+
+
+def top_repeats(text: str) -> int:
+    words = re.findall(r"\w+", text.lower())
+    return max(Counter(words).values(), default=0)
 
 
 def test_fail_all_ends_every_running_request_with_the_error(backend):
