@@ -144,6 +144,14 @@ def _write_rows(path: Path, rows: list[list[dict]]) -> None:
     os.replace(tmp, path)
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def staged(owner_id: int, token: str) -> Analysis | None:
     """A staged upload of this owner, or None (unknown, someone else's, or already saved)."""
     if not STAGED_NAME.match(token or ""):
@@ -168,7 +176,7 @@ def save(owner, token: str, name: str) -> Dataset:
         raise datasets.DatasetError("This upload is no longer waiting to be saved; upload the file again.")
     name = (name or "").strip()[:200] or Path(analysis.filename).stem[:200] or "dataset"
     source = staging_dir() / f"{owner.pk}-{token}.jsonl"
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    digest = file_sha256(source)
     file_name = f"{uuid.uuid4().hex}.jsonl"
     target = datasets_dir() / file_name
     shutil.move(source, target)

@@ -3,7 +3,6 @@ train, measure the tuned model, save it and register it as a model its owner can
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -15,8 +14,10 @@ from django.db import transaction
 from django.utils.text import slugify
 
 from inference.models import LanguageModel
+from inference.sampling import SAMPLING_FIELDS
 
 from . import evaluation, jobs, training
+from .datastore import file_sha256
 from .models import Job
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def _run(job: Job) -> None:
     dataset = job.dataset
     if not dataset.path.is_file():
         raise JobFailed("The dataset's file is missing on this worker (FINETUNE_DIR must be shared with the site).")
-    if _sha256(dataset.path) != dataset.sha256:
+    if file_sha256(dataset.path) != dataset.sha256:
         raise JobFailed("The dataset's file changed since it was uploaded; upload it again.")
     rows = training.read_rows(dataset.path)
     train_rows, eval_rows = training.split_rows(rows, hp["validation_split"], hp["seed"])
@@ -98,14 +99,6 @@ def _probe_line(who: str, measured: dict) -> str:
     return f"{who}: general-knowledge probe {probe['correct']}/{probe['total']}{loss_text}."
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def model_slug(job: Job) -> str:
     return f"{slugify(job.name)[:60] or 'tuned'}-ft{job.pk}"
 
@@ -148,22 +141,8 @@ def register(job: Job, folder: Path) -> LanguageModel:
         "probe": {k: v for k, v in comparison.get("probe", {}).items() if k != "lost_examples"},
         "forgot_too_much": comparison.get("forgot_too_much", False),
     }
-    sampling = {
-        name: getattr(base, name)
-        for name in (
-            "temperature",
-            "top_p",
-            "top_k",
-            "min_p",
-            "repetition_penalty",
-            "frequency_penalty",
-            "presence_penalty",
-            "max_tokens",
-            "max_new_tokens_cap",
-            "max_input_tokens",
-            "system_prompt",
-        )
-    }
+    copied = (*SAMPLING_FIELDS, "max_tokens", "max_new_tokens_cap", "max_input_tokens", "system_prompt")
+    sampling = {name: getattr(base, name) for name in copied}
     with transaction.atomic():
         model, _ = LanguageModel.objects.update_or_create(
             slug=model_slug(job),
