@@ -299,6 +299,9 @@ INFERENCE_MAX_BATCH = env_int("INFERENCE_MAX_BATCH", 16, minimum=1)
 INFERENCE_MAX_QUEUE = env_int("INFERENCE_MAX_QUEUE", 200, minimum=1)
 # Most models one worker keeps loaded; the least recently used idle one is unloaded first.
 INFERENCE_MAX_MODELS = env_int("INFERENCE_MAX_MODELS", 2, minimum=1)
+# LoRA adapters (tuned models) one loaded base model serves at once; the least recently used
+# idle one is dropped beyond this (a few MB each).
+INFERENCE_MAX_ADAPTERS = env_int("INFERENCE_MAX_ADAPTERS", 16, minimum=1)
 # A model unused this long is unloaded (0: never).
 INFERENCE_IDLE_UNLOAD_S = env_int("INFERENCE_IDLE_UNLOAD_S", 1800, minimum=0)
 # llama.cpp: threads (0: the number of CPU cores) and parallel sequences (slots) per model.

@@ -7,20 +7,35 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
 from django.utils.text import slugify
 
+from inference.backends.llamacpp import adapter_gguf
+from inference.loading import ModelLoadError, ModelSpec, gguf_path
 from inference.models import LanguageModel
 from inference.sampling import SAMPLING_FIELDS
 
-from . import evaluation, jobs, training
+from . import evaluation, gguf_files, jobs, training
 from .datastore import file_sha256
 from .models import Job
 
 logger = logging.getLogger(__name__)
+
+
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class Exported:
+    """What export() wrote: the model's folder, its GGUF file name and adapter folder ("" if none)."""
+
+    folder: Path
+    gguf_file: str = ""
+    adapter: str = ""
 
 
 class JobFailed(Exception):
@@ -88,8 +103,7 @@ def _run(job: Job) -> None:
     if Job.objects.filter(pk=job.pk, cancel_requested=True).exists():
         jobs.finish(job, Job.State.CANCELLED, "Cancelled during evaluation; no model was registered.")
         return
-    folder = export_merged(job, outcome.model, tokenizer)
-    register(job, folder)
+    register(job, export(job, outcome.model, tokenizer))
 
 
 def _probe_line(who: str, measured: dict) -> str:
@@ -103,18 +117,25 @@ def model_slug(job: Job) -> str:
     return f"{slugify(job.name)[:60] or 'tuned'}-ft{job.pk}"
 
 
-def export_merged(job: Job, model, tokenizer) -> Path:
-    """The tuned weights as a self-contained folder (safetensors, tokenizer, chat template)
-    under MODEL_DIR/tuned; a LoRA adapter is also kept in the job's folder."""
-    if job.method == Job.Method.LORA:
-        model.save_pretrained(str(job.work_dir / "adapter"))
-        model = model.merge_and_unload()
-    target = Path(settings.MODEL_DIR) / "tuned" / model_slug(job)
+def export(job: Job, model, tokenizer) -> Exported:
+    """The tuned model as a self-contained folder under MODEL_DIR/tuned: the merged weights
+    (safetensors, tokenizer, chat template); for LoRA, the adapter in `adapter/` (served over the
+    base); and, when the base has a GGUF file, the same two for llama.cpp (a merged GGUF for
+    llama.cpp, Ollama or LM Studio, and `adapter/adapter.gguf`). Written to a temporary folder
+    and renamed into place."""
+    slug = model_slug(job)
+    target = Path(settings.MODEL_DIR) / "tuned" / slug
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    exported = Exported(folder=target)
     try:
+        if job.method == Job.Method.LORA:
+            model.save_pretrained(str(tmp / ADAPTER_DIR))
+            exported.adapter = ADAPTER_DIR
+            model = model.merge_and_unload()
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        exported.gguf_file = _export_gguf(job, model, tokenizer, tmp, slug)
         if target.exists():  # an earlier attempt got this far: replace it
             shutil.rmtree(target)
         os.rename(tmp, target)
@@ -122,10 +143,33 @@ def export_merged(job: Job, model, tokenizer) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     job.log(f"Saved the tuned model to {target.relative_to(settings.MODEL_DIR)} in MODEL_DIR.")
-    return target
+    return exported
 
 
-def register(job: Job, folder: Path) -> LanguageModel:
+def _export_gguf(job: Job, merged, tokenizer, folder: Path, slug: str) -> str:
+    """GGUF copies for llama.cpp when the base has a GGUF file; "" (and a log line) otherwise."""
+    try:
+        base_gguf = gguf_path(ModelSpec.of(job.base_model))
+    except ModelLoadError as exc:
+        base_gguf = None
+        job.log(f"No GGUF export: {exc}", level="warning")
+    if base_gguf is None:
+        job.log("No GGUF export: the base model has no GGUF file (llama.cpp serves this model only as GGUF).")
+        return ""
+    name = f"{slug}.Q8_0.gguf"
+    try:
+        gguf_files.write_merged(base_gguf, merged.state_dict(), tokenizer.chat_template, job.name, folder / name)
+        if job.method == Job.Method.LORA:
+            gguf_files.write_lora(base_gguf, folder / ADAPTER_DIR, adapter_gguf(folder / ADAPTER_DIR))
+    except gguf_files.GGUFExportError as exc:
+        (folder / name).unlink(missing_ok=True)
+        job.log(f"No GGUF export: {exc}", level="warning")
+        return ""
+    job.log(f"Exported {name} (merged, Q8_0, with the chat template it was trained with) for llama.cpp.")
+    return name
+
+
+def register(job: Job, exported: Exported) -> LanguageModel:
     """The tuned model as a row its owner can chat with at once, with its lineage."""
     base = job.base_model
     comparison = job.evaluation.get("comparison", {})
@@ -149,8 +193,10 @@ def register(job: Job, folder: Path) -> LanguageModel:
             defaults={
                 "name": job.name,
                 "source": LanguageModel.Source.LOCAL,
-                "location": str(folder.relative_to(settings.MODEL_DIR)),  # MODEL_DIR may differ per host
-                "backend": LanguageModel.Backend.TRANSFORMERS,
+                "location": str(exported.folder.relative_to(settings.MODEL_DIR)),  # MODEL_DIR may differ per host
+                "backend": LanguageModel.Backend.AUTO,
+                "gguf_file": exported.gguf_file,
+                "adapter": exported.adapter,
                 "owner": job.owner,
                 "base": base,
                 "lineage": lineage,

@@ -34,7 +34,7 @@ class LanguageModelAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("name", "slug", "enabled", "is_default")}),
         ("Who may use it", {"fields": ("owner", "published", "base", "lineage")}),
-        ("Source", {"fields": ("source", "location", "backend", "gguf_file", "device", "dtype")}),
+        ("Source", {"fields": ("source", "location", "backend", "gguf_file", "adapter", "device", "dtype")}),
         (
             "Generation",
             {

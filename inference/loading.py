@@ -163,6 +163,14 @@ def gguf_path(spec: ModelSpec) -> Path | None:
     return None
 
 
+def adapter_folder(row) -> Path:
+    """The LoRA adapter folder of a tuned model row (inside its model folder)."""
+    folder = check_location(row.location) / row.adapter
+    if folder.parent != check_location(row.location) or not (folder / "adapter_config.json").is_file():
+        raise ModelLoadError(f"There is no LoRA adapter {row.adapter!r} in {row.location!r}.")
+    return folder
+
+
 def load_tokenizer(spec: ModelSpec, model_dir: Path):
     """The model's tokenizer (with its chat template) without loading its weights."""
     from transformers import AutoTokenizer

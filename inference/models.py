@@ -59,6 +59,12 @@ class LanguageModel(models.Model):
         blank=True,
         help_text="A .gguf file in the model's folder for the llama.cpp backend (the packaged default has one).",
     )
+    adapter = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="A LoRA adapter folder inside the model's folder, served over the base model (one copy of "
+        "the base for all its adapters). Empty: the folder is a whole model.",
+    )
     device = models.CharField(
         max_length=32, default="auto", help_text="auto, cpu, cuda or cuda:N (on the inference worker)."
     )
@@ -158,6 +164,10 @@ class LanguageModel(models.Model):
             raise ValidationError({"location": "A local folder or hub id is required for this source."})
         if self.gguf_file and ("/" in self.gguf_file or "\\" in self.gguf_file or not self.gguf_file.endswith(".gguf")):
             raise ValidationError({"gguf_file": "Give the name of a .gguf file inside the model's folder."})
+        if self.adapter and ("/" in self.adapter or "\\" in self.adapter or self.adapter.startswith(".")):
+            raise ValidationError({"adapter": "Give the name of a folder inside the model's folder."})
+        if self.adapter and self.base_id is None:
+            raise ValidationError({"adapter": "An adapter is served over a base model: choose the base."})
         if self.backend == self.Backend.LLAMACPP and self.source == self.Source.HUB:
             raise ValidationError({"backend": "llama.cpp serves a local .gguf file; use a local folder with one."})
         if self.backend == self.Backend.LLAMACPP and self.source == self.Source.LOCAL and not self.gguf_file:
@@ -185,4 +195,4 @@ class LanguageModel(models.Model):
     @property
     def load_version(self) -> tuple:
         """What a worker must reload the model for when it changes."""
-        return (self.source, self.location, self.backend, self.gguf_file, self.device, self.dtype)
+        return (self.source, self.location, self.backend, self.gguf_file, self.device, self.dtype, self.adapter)

@@ -30,7 +30,6 @@ class Request:
     sampling: dict  # inference.sampling.resolve() output: every setting, max_tokens, seed?, stop?
     max_input_tokens: int
     sink: str = ""
-    adapter: str = ""  # a LoRA adapter on top of `model` (reserved; refused by workers until served)
     user: str = ""  # who asked, for per-user limits and logs
     enqueued_at: float = field(default_factory=time.time)
     version: int = VERSION

@@ -23,7 +23,8 @@ from redis.exceptions import RedisError
 
 from . import metrics, reaper, results, sinks, streams
 from .backends import Backend, GenerationRequest, open_backend
-from .loading import ModelLoadError, ModelSpec, public_load_error
+from .backends.llamacpp import LlamaCppBackend, adapter_gguf
+from .loading import ModelLoadError, ModelSpec, adapter_folder, public_load_error
 from .models import LanguageModel
 from .prompts import TooLong, prompt_ids
 from .protocol import Done, ProtocolError, Request
@@ -49,6 +50,7 @@ class Reply:
     first_token_at: float | None = None
     flushed_once: bool = False
     stop_seen: bool = False
+    backend: Backend | None = None
 
     @property
     def id(self) -> str:
@@ -76,6 +78,7 @@ class InferenceWorker:
         self.max_batch = max_batch or settings.INFERENCE_MAX_BATCH
         self.flush_interval = settings.CHAT_FLUSH_INTERVAL_MS / 1000
         self.models: dict[str, Loaded] = {}
+        self.broken_adapters: set[str] = set()  # tuned models whose adapter failed to load: merged copy
         self.replies: dict[str, Reply] = {}
         self.unstored: list[Finished] = []
         self.stopping = threading.Event()
@@ -106,7 +109,7 @@ class InferenceWorker:
         try:
             default = LanguageModel.default()
             if default is not None:
-                self._backend(default.slug)
+                self._backend(default)
         except Exception:
             logger.exception("could not preload the default model; it will be retried on request")
 
@@ -184,6 +187,8 @@ class InferenceWorker:
             "host": socket.gethostname(),
             "models": sorted(self.models),
             "backends": {slug: loaded.backend.name for slug, loaded in list(self.models.items())},
+            # tuned models served as LoRA adapters over each loaded model
+            "adapters": {slug: sorted(loaded.backend.adapters) for slug, loaded in list(self.models.items())},
             "active": len(self.replies),
             "time": time.time(),
         }
@@ -227,10 +232,8 @@ class InferenceWorker:
             stopped = False
         if stopped:
             return self._finish(reply, "cancelled")
-        if request.adapter:
-            return self._finish(reply, "error", error="LoRA adapters are not served yet by this worker.")
         try:
-            backend = self._backend(request.model)
+            backend, adapter = self._serving(request.model)
             ids = prompt_ids(backend.tokenizer, request.messages, int(request.max_input_tokens))
         except ModelLoadError as exc:
             logger.error("could not load %s: %s", request.model, exc)
@@ -241,14 +244,55 @@ class InferenceWorker:
             logger.exception("could not start %s", request.id)
             return self._finish(reply, "error", error="Generation could not start on the inference worker.")
         reply.prompt_tokens = len(ids)
+        reply.backend = backend
         self.replies[request.id] = reply
-        return backend, GenerationRequest.build(request.id, ids, request.sampling)
+        return backend, GenerationRequest.build(request.id, ids, request.sampling, adapter=adapter)
 
-    def _backend(self, slug: str) -> Backend:
-        row = LanguageModel.objects.filter(slug=slug).first()
+    def _serving(self, slug: str) -> tuple[Backend, str]:
+        """The backend that serves a model, and the LoRA adapter it applies ("" for none).
+
+        A tuned model with an adapter is served over its base's loaded copy (ten tuned models
+        cost one base and ten adapters). When that cannot be done now (llama.cpp loads adapters
+        only when it starts, and is busy; or the adapter has no llama.cpp copy) its merged copy
+        is served as a model of its own.
+        """
+        row = LanguageModel.objects.select_related("base").filter(slug=slug).first()
         if row is None or not row.enabled:
             raise ModelLoadError(f"The model {slug!r} is not available any more.")
+        base = row.base
+        if row.adapter and base is not None and base.enabled:
+            try:
+                folder = adapter_folder(row)
+            except ModelLoadError as exc:
+                logger.warning("%s; serving the merged copy of %s", exc, slug)
+                return self._backend(row), ""
+            backend = self._backend(base)
+            try:
+                if backend.add_adapter(slug, folder):
+                    return backend, slug
+            except Exception:  # a broken adapter: its merged copy still answers
+                logger.exception("could not load the adapter of %s", slug)
+                self.broken_adapters.add(slug)
+            if self._can_reopen(backend) and slug not in self.broken_adapters and adapter_gguf(folder).is_file():
+                wanted = list({**backend.adapters, slug: str(folder)}.items())[-settings.INFERENCE_MAX_ADAPTERS :]
+                backend = self._backend(base, reopen_with=dict(wanted), adding=slug)
+                if backend.add_adapter(slug, folder):
+                    return backend, slug
+        return self._backend(row), ""
+
+    def _can_reopen(self, backend: Backend) -> bool:
+        """llama.cpp takes new adapters only when it starts: reopen it when nothing runs on it
+        (nor waits to be added, see run_once)."""
+        busy = backend.has_work or any(reply.backend is backend for reply in self.replies.values())
+        return isinstance(backend, LlamaCppBackend) and not busy
+
+    def _backend(self, row: LanguageModel, reopen_with: dict | None = None, adding: str = "") -> Backend:
+        slug = row.slug
         loaded = self.models.get(slug)
+        if reopen_with is not None and loaded is not None and self._can_reopen(loaded.backend):
+            loaded.backend.close()
+            del self.models[slug]
+            loaded = None
         if loaded is not None and (loaded.version == row.load_version or loaded.backend.has_work):
             loaded.last_used = time.monotonic()
             return loaded.backend  # (a changed model is reloaded once its running requests end)
@@ -256,7 +300,25 @@ class InferenceWorker:
             loaded.backend.close()
             del self.models[slug]
         self._make_room()
-        backend = open_backend(
+        adapters = reopen_with if reopen_with is not None else self._adapters_of(row)
+        try:
+            backend = self._open(row, adapters)
+        except Exception:
+            if not adapters:
+                raise
+            # A broken adapter file must not take its base (and every user of it) down: the one
+            # being added is marked broken (its merged copy serves it); on a first load all are
+            # left out, and each is added back when asked for.
+            logger.exception("could not load %s with adapters %s", slug, sorted(adapters))
+            if adding:
+                self.broken_adapters.add(adding)
+            adapters = {name: folder for name, folder in adapters.items() if adding and name != adding}
+            backend = self._open(row, adapters)
+        self.models[slug] = Loaded(backend, row.load_version, time.monotonic())
+        return backend
+
+    def _open(self, row: LanguageModel, adapters: dict) -> Backend:
+        return open_backend(
             ModelSpec.of(row),
             settings.MODEL_DIR,
             max_batch=self.max_batch,
@@ -267,9 +329,23 @@ class InferenceWorker:
             batch=settings.INFERENCE_LLAMACPP_BATCH,
             max_input_tokens=row.max_input_tokens,
             max_new_tokens=row.max_new_tokens_cap,
+            max_adapters=settings.INFERENCE_MAX_ADAPTERS,
+            adapters=adapters,
         )
-        self.models[slug] = Loaded(backend, row.load_version, time.monotonic())
-        return backend
+
+    def _adapters_of(self, base: LanguageModel) -> dict:
+        """The tuned models over `base` (newest first, up to INFERENCE_MAX_ADAPTERS), for a
+        backend that loads its adapters when it starts."""
+        rows = LanguageModel.objects.enabled().filter(base=base).exclude(adapter="").order_by("-updated_at")
+        found = {}
+        for row in rows[: settings.INFERENCE_MAX_ADAPTERS]:
+            if row.slug in self.broken_adapters:
+                continue
+            try:
+                found[row.slug] = adapter_folder(row)
+            except ModelLoadError:
+                continue
+        return found
 
     def _make_room(self) -> None:
         """Keep at most INFERENCE_MAX_MODELS loaded: unload the least recently used idle one."""
@@ -334,7 +410,7 @@ class InferenceWorker:
         for request_id in streams.stopped_among([r.id for r in self.replies.values() if not r.stop_seen]):
             reply = self.replies[request_id]
             reply.stop_seen = True
-            self.models[reply.request.model].backend.cancel(request_id)
+            reply.backend.cancel(request_id)
 
     def _finish(self, reply: Reply, reason: str, error: str = "") -> None:
         """Flush the reply's last text, record metrics, and queue its result for storing."""

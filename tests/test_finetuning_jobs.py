@@ -158,3 +158,39 @@ def test_a_checkpoint_cut_off_while_saving_is_skipped_and_removed(job, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10"]
     assert "cut off while saving" in created.events.last().message
     assert last_complete_checkpoint(created, tmp_path / "missing") is None
+
+
+@pytest.mark.slow
+def test_a_lora_job_on_the_default_model_exports_every_copy_and_registers_its_adapter(alice, dataset, settings):
+    """runner.export + register on the packaged model (it has a GGUF file): the merged folder,
+    the adapter with its llama.cpp copy, and the merged GGUF; the row serves the adapter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetuning import runner
+    from inference.defaults import ensure_default_model
+    from inference.loading import install_packaged_model
+
+    from .conftest import TEST_MODEL_DIR
+
+    base, _ = ensure_default_model()
+    with mock.patch.object(jobs, "enqueue"):
+        job = jobs.create(alice, name="Lighthouse", base_model=base, dataset=dataset, method="lora", asked={})
+    folder = install_packaged_model(TEST_MODEL_DIR)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    exported = runner.export(job, model, AutoTokenizer.from_pretrained(folder))
+    try:
+        names = {p.relative_to(exported.folder).as_posix() for p in exported.folder.rglob("*") if p.is_file()}
+        slug = runner.model_slug(job)
+        assert {"model.safetensors", "tokenizer_config.json", "adapter/adapter_config.json",
+                "adapter/adapter_model.safetensors", "adapter/adapter.gguf", f"{slug}.Q8_0.gguf"} <= names  # fmt: skip
+        row = runner.register(job, exported)
+        assert (row.adapter, row.gguf_file, row.base, row.owner) == ("adapter", f"{slug}.Q8_0.gguf", base, alice)
+        row.full_clean()  # the admin would accept it as it is
+        assert "Exported" in " ".join(job.events.values_list("message", flat=True))
+    finally:
+        import shutil
+
+        shutil.rmtree(exported.folder, ignore_errors=True)

@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
+from inference.streams import worker_key
 from tests.conftest import TEST_MODEL_DIR
 from tests.live_client import Client, Reply, login_cookie, use_model
 from tests.stack import LiveStack
@@ -110,6 +112,18 @@ def wait_for(s, stack, job_id: int, check, timeout: float = 300) -> dict:
     raise AssertionError(f"job {job_id} did not get there in {timeout} s: {progress(s, stack, job_id)}")
 
 
+def served_as_adapter(stack, slug: str, base: str, timeout: float = 20) -> bool:
+    """Whether a worker's heartbeat shows `slug` as an adapter over `base` (and not as a model)."""
+    conn = redis.Redis.from_url(stack.redis_url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        infos = [json.loads(raw) for raw in map(conn.get, map(worker_key, stack.worker_ids)) if raw]
+        if any(slug in i.get("adapters", {}).get(base, []) and slug not in i["models"] for i in infos):
+            return True
+        time.sleep(0.5)
+    raise AssertionError(f"{slug} is not served as an adapter over {base}: {infos}")
+
+
 def test_upload_train_and_chat_with_the_tuned_model(stack):
     s = session(stack, "tuner")
     dataset_id = upload(s, stack, ROWS)
@@ -157,6 +171,9 @@ def test_upload_train_and_chat_with_the_tuned_model(stack):
     assert reply.started["model"] == slug
     assert reply.done["finish_reason"] in ("stop", "length"), reply.done
     assert reply.text or reply.done["finish_reason"] == "stop"
+    # Served as a LoRA adapter over the base the worker already holds, not as a second model.
+    assert (tuned_dir / "adapter" / "adapter_config.json").exists()
+    assert served_as_adapter(stack, slug, base="tiny")
 
     # Another user: 404 for the job, the dataset and its progress; the model is unknown to them.
     other = session(stack, "other-tuner")

@@ -34,13 +34,19 @@ def _open_transformers(spec: ModelSpec, model_dir: Path, options: dict) -> Backe
     from .transformers import BatchEngine
 
     model, tokenizer = load_model(spec, model_dir)
-    return BatchEngine(model, tokenizer, max_batch=options["max_batch"], prefill_chunk=options["prefill_chunk"])
+    return BatchEngine(
+        model,
+        tokenizer,
+        max_batch=options["max_batch"],
+        prefill_chunk=options["prefill_chunk"],
+        max_adapters=options.get("max_adapters", 16),
+    )
 
 
 def _open_llamacpp(spec: ModelSpec, model_dir: Path, options: dict) -> Backend:
     if not llamacpp_available():
         raise ModelLoadError("The llama.cpp backend needs the xllamacpp package: pip install xllamacpp.")
-    from .llamacpp import LlamaCppBackend
+    from .llamacpp import LlamaCppBackend, adapter_gguf
 
     path = gguf_path(spec)
     if path is None:
@@ -60,6 +66,9 @@ def _open_llamacpp(spec: ModelSpec, model_dir: Path, options: dict) -> Backend:
         n_threads=options["threads"],
         n_ctx=n_ctx,
         n_batch=options.get("batch", 256),
+        adapters={
+            name: folder for name, folder in (options.get("adapters") or {}).items() if adapter_gguf(folder).is_file()
+        },
     )
 
 
@@ -67,7 +76,9 @@ BACKENDS = {"transformers": _open_transformers, "llamacpp": _open_llamacpp}
 
 
 def open_backend(spec: ModelSpec, model_dir: Path, **options) -> Backend:
-    """Load a model with the backend its row asks for (or `auto` picks). Raises ModelLoadError."""
+    """Load a model with the backend its row asks for (or `auto` picks). Raises ModelLoadError.
+    `adapters` ({name: adapter folder}): LoRA adapters llama.cpp loads at start (transformers
+    loads them when first asked, see Backend.add_adapter)."""
     name = choose_backend(spec)
     opener = BACKENDS.get(name)
     if opener is None:

@@ -26,15 +26,17 @@ class GenerationRequest:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     seed: int | None = None
+    adapter: str = ""  # a LoRA adapter the backend holds (add_adapter), or "" for the base model
 
     @classmethod
-    def build(cls, request_id: str, prompt_ids: list[int], sampling: dict) -> GenerationRequest:
+    def build(cls, request_id: str, prompt_ids: list[int], sampling: dict, adapter: str = "") -> GenerationRequest:
         """From an inference.sampling.resolve() dict."""
-        names = set(cls.__dataclass_fields__) - {"id", "prompt_ids", "max_new_tokens"}
+        names = set(cls.__dataclass_fields__) - {"id", "prompt_ids", "max_new_tokens", "adapter"}
         return cls(
             id=request_id,
             prompt_ids=prompt_ids,
             max_new_tokens=int(sampling["max_tokens"]),
+            adapter=adapter,
             **{k: v for k, v in sampling.items() if k in names},
         )
 
@@ -55,6 +57,7 @@ class Backend:
 
     name = ""
     tokenizer = None  # a transformers tokenizer: chat template and token counts for the worker
+    adapters: dict[str, str] = {}  # LoRA adapters served over this model: name → folder (read only here)
 
     @property
     def has_work(self) -> bool:
@@ -74,6 +77,12 @@ class Backend:
 
     def step(self) -> list[StepEvent]:
         raise NotImplementedError
+
+    def add_adapter(self, name: str, folder) -> bool:
+        """Serve the LoRA adapter in `folder` (peft's files, and adapter.gguf for llama.cpp) as
+        `name` over this model, so requests with `adapter=name` use it. False when this backend
+        cannot take it now (the worker then serves the tuned model's merged copy instead)."""
+        return False
 
     def fail_all(self, error: str) -> list[StepEvent]:
         """After a step raised: end every request with `error` and start again empty."""

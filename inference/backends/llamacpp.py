@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import threading
+from pathlib import Path
 
 from ..sampling import PENALTY_WINDOW
 from .base import Backend, GenerationRequest, StepEvent, merge_events
@@ -24,11 +25,24 @@ logger = logging.getLogger(__name__)
 WAIT_S = 0.02  # longest a step waits for a first event while requests run
 
 
+def adapter_gguf(folder) -> Path:
+    """Where a LoRA adapter folder keeps its llama.cpp copy (finetuning.gguf_files.write_lora)."""
+    return Path(folder) / "adapter.gguf"
+
+
 class LlamaCppBackend(Backend):
     name = "llamacpp"
 
     def __init__(
-        self, gguf_path: str, tokenizer, *, n_parallel: int, n_threads: int, n_ctx: int, n_batch: int = 256
+        self,
+        gguf_path: str,
+        tokenizer,
+        *,
+        n_parallel: int,
+        n_threads: int,
+        n_ctx: int,
+        n_batch: int = 256,
+        adapters: dict[str, str] | None = None,  # name → adapter folder holding adapter.gguf
     ) -> None:
         import xllamacpp
 
@@ -36,6 +50,14 @@ class LlamaCppBackend(Backend):
         self.gguf_path = gguf_path
         params = xllamacpp.CommonParams()
         params.model.path = gguf_path
+        # LoRA adapters (GGUF) are fixed when the server starts; each request names the one it
+        # uses by its index (see _body). The worker reopens the backend to add one.
+        self.adapters = {name: str(folder) for name, folder in (adapters or {}).items()}
+        self._adapter_index = {name: i for i, name in enumerate(self.adapters)}
+        params.lora_adapters = [
+            xllamacpp.CommonAdapterLoraInfo(str(adapter_gguf(folder)), 1.0) for folder in self.adapters.values()
+        ]
+        params.lora_init_without_apply = True
         params.n_parallel = n_parallel
         params.n_ctx = n_ctx
         params.kv_unified = True  # one KV pool shared by the slots: a long chat may use most of it
@@ -94,6 +116,9 @@ class LlamaCppBackend(Backend):
                     self._cancelled.discard(event.request_id)
         return merge_events(events)
 
+    def add_adapter(self, name: str, folder) -> bool:
+        return self.adapters.get(name) == str(folder)
+
     def fail_all(self, error: str) -> list[StepEvent]:
         with self._lock:
             ids = list(self._running)
@@ -126,6 +151,10 @@ class LlamaCppBackend(Backend):
         }
         if request.seed is not None:
             body["seed"] = int(request.seed)
+        if self.adapters:
+            # Every adapter's scale, always: one left out keeps its load-time scale.
+            chosen = self._adapter_index.get(request.adapter)
+            body["lora"] = [{"id": i, "scale": 1.0 if i == chosen else 0.0} for i in range(len(self.adapters))]
         return body
 
     def _run(self, request: GenerationRequest) -> None:

@@ -86,7 +86,7 @@ class BatchEngine(Backend):
 
     name = "transformers"
 
-    def __init__(self, model, tokenizer, max_batch: int = 16, prefill_chunk: int = 128) -> None:
+    def __init__(self, model, tokenizer, max_batch: int = 16, prefill_chunk: int = 128, max_adapters: int = 16) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -99,6 +99,8 @@ class BatchEngine(Backend):
         self.mask: torch.Tensor | None = None  # [batch, cache_len] of 0/1
         self.stop_ids = stop_token_ids(model, tokenizer)
         self._cancelled: set[str] = set()
+        self.max_adapters = max_adapters
+        self.adapters: dict[str, str] = {}  # name → folder, least recently used first
 
     # --- public API ------------------------------------------------------------------------
     @property
@@ -121,6 +123,50 @@ class BatchEngine(Backend):
     def cancel(self, request_id: str) -> None:
         """Stop a request; it is reported with finish_reason 'cancelled' by the next step."""
         self._cancelled.add(request_id)
+
+    def add_adapter(self, name: str, folder) -> bool:
+        """Load a peft LoRA adapter over the model (once; a few MB, not a copy of the model).
+        Rows in one batch may each use a different adapter or none (peft's mixed-adapter
+        batches), so tuned models share batches with their base."""
+        from pathlib import Path
+
+        folder = str(folder)
+        if self.adapters.get(name) == folder:
+            self.adapters[name] = self.adapters.pop(name)  # most recently used
+            return True
+        if not (Path(folder) / "adapter_config.json").is_file():
+            return False
+        from peft import PeftModel
+
+        if name in self.adapters:  # the folder changed: drop the old weights first
+            self._delete_adapter(name)
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(folder, adapter_name=name, is_trainable=False)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=name, is_trainable=False)
+        self.model.eval()
+        self.adapters[name] = folder
+        self._evict_adapters(keep=name)
+        return True
+
+    def _evict_adapters(self, keep: str) -> None:
+        in_use = {r.adapter for r in self.pending} | {p.request.adapter for p in self.prefilling}
+        in_use |= {row.request.adapter for row in self.rows}
+        for name in list(self.adapters):
+            if len(self.adapters) <= self.max_adapters:
+                break
+            if name != keep and name not in in_use:
+                self._delete_adapter(name)
+
+    def _delete_adapter(self, name: str) -> None:
+        self.model.delete_adapter(name)
+        del self.adapters[name]
+
+    def _adapter_kwargs(self, requests: list[GenerationRequest]) -> dict:
+        """Which adapter each row of a forward uses ("__base__": none), once any is loaded."""
+        if not self.adapters:
+            return {}
+        return {"adapter_names": [r.adapter or "__base__" for r in requests]}
 
     def fail_all(self, error: str) -> list[StepEvent]:
         """After a step raised (out of memory, a broken model): end every request with `error`
@@ -200,6 +246,7 @@ class BatchEngine(Backend):
             kwargs = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
         # logits_to_keep=1: only the last position's logits; all of them would be
         # prompts x length x vocabulary floats (126 MB for 16 prompts of 40 tokens).
+        kwargs.update(self._adapter_kwargs(requests))
         out = self.model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1, **kwargs)
         rows = [self._new_row(request) for request in requests]
         tokens = sample(out.logits[:, -1, :].float(), rows)
@@ -222,7 +269,13 @@ class BatchEngine(Backend):
         chunk = request.prompt_ids[prefill.done : prefill.done + self.prefill_chunk]
         try:
             ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
-            out = self.model(input_ids=ids, past_key_values=prefill.cache, use_cache=True, logits_to_keep=1)
+            out = self.model(
+                input_ids=ids,
+                past_key_values=prefill.cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **self._adapter_kwargs([request]),
+            )
         except Exception as exc:
             logger.exception("prefill failed for %s", request.id)
             self.prefilling.pop(0)
@@ -268,6 +321,7 @@ class BatchEngine(Backend):
             position_ids=positions,
             past_key_values=self.cache,
             use_cache=True,
+            **self._adapter_kwargs([r.request for r in self.rows]),
         )
         self.cache = out.past_key_values
         tokens = sample(out.logits[:, -1, :].float(), self.rows)
