@@ -76,3 +76,28 @@ class Message(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE_STATUSES
+
+
+class Feedback(models.Model):
+    """What a person thought of a reply: thumbs up or down, a comment, and the answer they
+    wanted (an edited reply). Admins read it and turn it into fine-tuning data."""
+
+    class Rating(models.IntegerChoices):
+        DOWN = -1, "thumbs down"
+        NONE = 0, "no rating"
+        UP = 1, "thumbs up"
+
+    message = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="feedback")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="feedback")
+    rating = models.SmallIntegerField(choices=Rating.choices, default=Rating.NONE, db_index=True)
+    comment = models.TextField(blank=True)
+    edited_content = models.TextField(blank=True, help_text="The answer the person wanted instead of the reply.")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "feedback"
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_rating_display()} on message {self.message_id}"

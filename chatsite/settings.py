@@ -137,6 +137,9 @@ INSTALLED_APPS = [
     "inference",
     "chat",
     "finetuning",
+    "moderation",
+    "presets",
+    "dashboard",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,1 @@
+"""Prompt presets, prompt templates and per-user quotas."""
