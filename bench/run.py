@@ -205,6 +205,70 @@ async def many(stack, cookie: str, prompts: list[str], tokens: int) -> list[dict
     return await asyncio.gather(*(one_reply(stack, cookie, p, tokens) for p in prompts))
 
 
+# --- the stack through the OpenAI-compatible API (the official SDK) ----------------------------
+async def api_reply(stack, key: str, prompt: str, tokens: int) -> dict:
+    """One SDK client: a streamed greedy completion, timed like a websocket reply."""
+    import openai
+
+    from inference.loading import PACKAGED_SLUG
+
+    client = openai.AsyncOpenAI(base_url=stack.url + "v1", api_key=key, max_retries=0, timeout=600)
+    sent = time.monotonic()
+    first = None
+    usage = None
+    stream = await client.chat.completions.create(
+        model=PACKAGED_SLUG,
+        messages=chat_prompt(prompt),
+        max_tokens=tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    async for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.monotonic()
+        if chunk.usage is not None:
+            usage = chunk.usage
+    done = time.monotonic()
+    await client.close()
+    return {
+        "sent": sent,
+        "first": first or done,
+        "done": done,
+        "ttft_ms": ((first or done) - sent) * 1000,
+        "tokens": usage.completion_tokens,
+        "tok_s": usage.completion_tokens / (done - sent),
+    }
+
+
+def stack_api(stack, cookie: str, key: str, backend: str, tokens: int, users: int, offset: int) -> dict:
+    """1 SDK client three times; then `users` SDK clients and `users // 2` websocket users at once."""
+    set_backend(stack, backend)
+    asyncio.run(api_reply(stack, key, f"Say hello to the API on {backend}.", 8))
+    single = [
+        asyncio.run(api_reply(stack, key, f"{PROMPTS[(offset + i) % len(PROMPTS)]} (api)", tokens)) for i in range(3)
+    ]
+
+    async def mixed():
+        sdk = [api_reply(stack, key, f"{PROMPTS[(offset + i) % len(PROMPTS)]} (api {i})", tokens) for i in range(users)]
+        ws = [
+            one_reply(stack, cookie, f"{PROMPTS[(offset + 7 + i) % len(PROMPTS)]} (ws {i})", tokens)
+            for i in range(users // 2)
+        ]
+        return await asyncio.gather(*sdk, *ws)
+
+    together = asyncio.run(mixed())
+    start = min(r["sent"] for r in together)
+    end = max(r["done"] for r in together)
+    first_done = min(r["done"] for r in together)
+    return {
+        "single_tok_s": statistics.median(r["tok_s"] for r in single),
+        "single_ttft_ms": statistics.median(r["ttft_ms"] for r in single),
+        "mixed_tok_s": sum(r["tokens"] for r in together) / (end - start),
+        "mixed_all_first_before_any_end": all(r["first"] < first_done for r in together),
+    }
+
+
 def set_backend(stack, backend: str) -> None:
     """Switch the default model's backend as an admin would (the worker reloads it, no restart)."""
     stack.run_manage(
@@ -275,11 +339,17 @@ def stack_run(tokens: int, users: int, turns: int) -> dict:
     from tests.stack import LiveStack
 
     with tempfile.TemporaryDirectory(prefix="chat-bench-") as tmp:
-        env = {"CHAT_RATE_LIMIT": "0", "CHAT_MAX_ACTIVE_PER_USER": str(users + 2), "LOG_LEVEL": "WARNING"}
+        env = {
+            "CHAT_RATE_LIMIT": "0",
+            "API_RATE_LIMIT": "0",
+            "CHAT_MAX_ACTIVE_PER_USER": str(2 * users + 2),
+            "LOG_LEVEL": "WARNING",
+        }
         stack = LiveStack(Path(tmp), workers=1, extra_env=env)
         stack.start()
         try:
             cookie = login_cookie(stack, "bench")
+            key = stack.run_manage("createapikey", "bench").strip().splitlines()[-1]
             worker_pid = list(stack.worker_pids.values())[0]
             conversation = long_conversation(stack, "bench", turns)
             result = {}
@@ -287,6 +357,7 @@ def stack_run(tokens: int, users: int, turns: int) -> dict:
                 result[backend] = stack_backend(stack, cookie, backend, tokens, users, offset * 4)
                 result[backend]["worker_rss_mb"] = rss_mb(worker_pid)
                 result[backend]["long"] = stack_long(stack, cookie, backend, conversation)
+                result[backend]["api"] = stack_api(stack, cookie, key, backend, tokens, users, offset * 4 + 1)
         finally:
             stack.stop()
     return result
@@ -319,6 +390,8 @@ def main() -> None:
         "hf_single_vs_bare": hf["single_tok_s"] / bare["single_tok_s"],
         "hf_ttft_minus_prefill_ms": hf["single_ttft_ms"] - bare["prefill_ms"],
         "hf_users_vs_single": hf["aggregate_tok_s"] / hf["single_tok_s"],
+        "api_cpp_single_vs_bare": cpp["api"]["single_tok_s"] / bare_cpp["single_tok_s"],
+        "api_hf_single_vs_bare": hf["api"]["single_tok_s"] / bare["single_tok_s"],
     }
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
@@ -345,6 +418,12 @@ def main() -> None:
             "no user waits for another's whole reply (both backends)",
             cpp["all_first_tokens_before_any_reply_ended"] and hf["all_first_tokens_before_any_reply_ended"],
         ),
+        ("API, llama.cpp: 1 SDK client tokens/s ≥ 0.9 × bare llama.cpp", ratios["api_cpp_single_vs_bare"] >= 0.9),
+        ("API, transformers: 1 SDK client tokens/s ≥ 0.9 × bare generate", ratios["api_hf_single_vs_bare"] >= 0.9),
+        (
+            f"API: {args.users} SDK clients and {args.users // 2} websocket users share batches (both backends)",
+            cpp["api"]["mixed_all_first_before_any_end"] and hf["api"]["mixed_all_first_before_any_end"],
+        ),
     ]
 
     def long_row(name: str, data: dict) -> str:
@@ -369,6 +448,14 @@ prompt per reply; llama.cpp with {parallel} parallel sequences, {bare_cpp["threa
 | {args.users} users tokens/s | {bare_cpp["batch_tok_s"]:.1f} | {cpp["aggregate_tok_s"]:.1f} ({ratios["cpp_users_vs_best"]:.2f}× best) | {bare["batch_tok_s"]:.1f} | {hf["aggregate_tok_s"]:.1f} ({ratios["hf_users_vs_single"]:.2f}× single) |
 | {args.users} users first tokens (ms) | | {", ".join(map(str, cpp["users_ttft_ms"]))} | | {", ".join(map(str, hf["users_ttft_ms"]))} |
 | worker RSS (MB) | | {cpp["worker_rss_mb"]:.0f} | | {hf["worker_rss_mb"]:.0f} |
+
+Through the OpenAI-compatible API (the official `openai` SDK, streamed, the same prompts and settings):
+
+| measure | stack, llama.cpp | stack, transformers |
+|---|---|---|
+| 1 SDK client tokens/s | {cpp["api"]["single_tok_s"]:.1f} ({ratios["api_cpp_single_vs_bare"]:.2f}× bare) | {hf["api"]["single_tok_s"]:.1f} ({ratios["api_hf_single_vs_bare"]:.2f}× bare) |
+| 1 SDK client first token (ms) | {cpp["api"]["single_ttft_ms"]:.0f} | {hf["api"]["single_ttft_ms"]:.0f} |
+| {args.users} SDK + {args.users // 2} websocket users, tokens/s | {cpp["api"]["mixed_tok_s"]:.1f} | {hf["api"]["mixed_tok_s"]:.1f} |
 
 A reply in a {args.turns}-turn conversation (trimmed to the model's input limit) started together with
 another user's 8-token "hi":

@@ -22,8 +22,9 @@ from redis.exceptions import RedisError
 
 from inference import streams
 from inference.protocol import Done
+from presets import quotas
 
-from . import ratelimit, replies, turns
+from . import live, replies, turns
 from .models import Message
 
 logger = logging.getLogger(__name__)
@@ -117,13 +118,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
 
     async def check_rate(self) -> None:
-        wait = await ratelimit.retry_after(self.user.pk)
-        if wait is not None:
-            raise turns.TurnError(
-                "rate_limited",
-                f"You are sending messages too fast (limit {settings.CHAT_RATE_LIMIT} per "
-                f"{settings.CHAT_RATE_WINDOW_S} s). Retry in {wait} s.",
-            )
+        """The user's message rate and daily token quota (per user, group, or the settings)."""
+        try:
+            await quotas.check(self.user)
+        except quotas.QuotaExceeded as exc:
+            raise turns.TurnError(exc.code, exc.message) from exc
 
     # --- handlers ------------------------------------------------------------------------------
     async def on_send(self, frame: dict) -> None:
@@ -134,6 +133,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             frame.get("model"),
             frame.get("params"),
             frame.get("system_prompt"),
+            frame.get("template"),
         )
         await self.start(turn)
 
@@ -175,8 +175,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.forwarders[message_id] = asyncio.create_task(self._forward(message_id, after))
 
     async def _forward(self, message_id: int, after: int) -> None:
-        """Send every delta with seq > after, then live ones, until the reply's `done`."""
+        """Send every delta with seq > after, then live ones, until the reply's `done`. The last
+        delta of each batch read carries the rendering of the whole reply so far (chat/live.py)."""
         last = after
+        request_id = replies.request_id(message_id)
+        rendering = live.LiveMarkdown()
+        needs_prefix = after > 0  # resumed: the rendering covers the text before `after` too
         # The first pass does not wait, so a reply that already ended (or whose worker died)
         # is settled at once on resume.
         quiet_since = time.monotonic() - IDLE_CHECK_MS / 1000
@@ -185,17 +189,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             while True:
                 try:
-                    entries = await streams.read_after(replies.request_id(message_id), last, block_ms)
+                    if needs_prefix:
+                        rendering.add(await live.text_until(request_id, after))
+                        needs_prefix = False
+                    entries = await streams.read_after(request_id, last, block_ms)
                     block_ms = IDLE_CHECK_MS
-                    for seq, kind, data in entries:
+                    for index, (seq, kind, data) in enumerate(entries):
                         last = seq
                         if kind == "done":
                             await self.send_json(await database_sync_to_async(_done_frame)(message_id))
                             return
-                        await self.send_json(
-                            {"type": "chat.delta", "message": message_id, "seq": seq, "text": data["text"]}
-                        )
+                        frame = {"type": "chat.delta", "message": message_id, "seq": seq, "text": data["text"]}
+                        rendering.add(data["text"])
+                        if index == len(entries) - 1 or entries[index + 1][1] == "done":
+                            frame["html"] = await rendering.render()
+                        await self.send_json(frame)
                     if entries:
+                        await asyncio.sleep(rendering.pause_s)  # later deltas pile up: one render for them
                         quiet_since = time.monotonic()
                     elif time.monotonic() - quiet_since >= IDLE_CHECK_MS / 1000:
                         done = await database_sync_to_async(_settle)(message_id)
@@ -288,14 +298,14 @@ def _deleted_frame(message_id: int) -> dict:
 
 
 def _done_frame(message_id: int) -> dict:
-    message = Message.objects.filter(pk=message_id).first()
+    message = Message.objects.visible().filter(pk=message_id).first()
     return _deleted_frame(message_id) if message is None else replies.done_frame(message)
 
 
 def _settle(message_id: int) -> dict | None:
     """For a quiet stream: reap the reply if its worker is gone; if it has ended (and its stream
     expired or was reaped meanwhile), return its done frame from the database."""
-    message = Message.objects.filter(pk=message_id).first()
+    message = Message.objects.visible().filter(pk=message_id).first()
     if message is None:
         return _deleted_frame(message_id)
     if message.is_active:

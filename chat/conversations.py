@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.http import Http404
+from django.utils import timezone
 
 from inference import sampling, streams
 
@@ -15,23 +16,25 @@ from .models import Conversation, LanguageModel, Message
 
 def conversations_for(user, query: str = "") -> QuerySet[Conversation]:
     """The user's conversations, newest first; `query` matches titles and message text."""
-    qs = Conversation.objects.filter(user=user)
+    qs = Conversation.objects.on_chat_page().filter(user=user)
     query = query.replace("\x00", "").strip()
     if query:
-        qs = qs.filter(Q(title__icontains=query) | Q(messages__content__icontains=query)).distinct()
+        # One filter() call: the text and "not replaced" must hold for the same message.
+        in_messages = Q(messages__content__icontains=query, messages__replaced_at__isnull=True)
+        qs = qs.filter(Q(title__icontains=query) | in_messages).distinct()
     return qs.order_by("-updated_at")
 
 
 def get_owned_conversation(user, conversation_id) -> Conversation:
     """The conversation if it exists and belongs to `user`; 404 otherwise (same answer for both)."""
     try:
-        return Conversation.objects.select_related("model").get(pk=int(conversation_id), user=user)
+        return Conversation.objects.on_chat_page().select_related("model").get(pk=int(conversation_id), user=user)
     except (Conversation.DoesNotExist, ValueError, TypeError):
         raise Http404("No such conversation.") from None
 
 
 def visible_messages(conversation: Conversation) -> QuerySet[Message]:
-    return conversation.messages.select_related("model").order_by("created_at", "id")
+    return conversation.messages.filter(replaced_at__isnull=True).select_related("model").order_by("created_at", "id")
 
 
 @dataclass
@@ -124,11 +127,14 @@ def update_conversation(conversation: Conversation, data) -> SettingsResult:
 
 
 def delete_conversation(conversation: Conversation) -> None:
-    """Delete a conversation and its messages; a reply still generating is stopped first, so its
-    worker frees the batch row instead of generating for nobody."""
+    """Delete a conversation for its user: it is hidden from them at once and kept for the
+    admins' logs until LOGS_RETENTION_DAYS have passed (chat.retention purges it). A reply still
+    generating is stopped first, so its worker frees the batch row instead of generating for
+    nobody."""
     for message_id in conversation.messages.filter(status__in=Message.ACTIVE_STATUSES).values_list("pk", flat=True):
         streams.request_stop_sync(replies.request_id(message_id))
-    conversation.delete()
+    conversation.deleted_at = timezone.now()
+    conversation.save(update_fields=["deleted_at"])
 
 
 def conversation_json(conversation: Conversation) -> dict:

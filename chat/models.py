@@ -1,4 +1,9 @@
-"""Conversations and messages. The models people chat with are `inference.LanguageModel`."""
+"""Conversations and messages. The models people chat with are `inference.LanguageModel`.
+
+Nothing a user deletes or regenerates is deleted at once: it is hidden from them (`visible()`)
+and kept for the admins' logs until LOGS_RETENTION_DAYS have passed (see docs/admin.md)."""
+
+from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
@@ -7,7 +12,30 @@ from django.urls import reverse
 from inference.models import LanguageModel
 
 
+class ConversationQuerySet(models.QuerySet):
+    def visible(self) -> ConversationQuerySet:
+        """What the user still sees: not deleted. Deleted ones stay for the admins' logs until
+        LOGS_RETENTION_DAYS have passed (chat.retention purges them)."""
+        return self.filter(deleted_at__isnull=True)
+
+    def on_chat_page(self) -> ConversationQuerySet:
+        """Visible ones started on the chat page: API calls are logged as conversations too
+        (source "api") but are not listed or continued there."""
+        return self.visible().filter(source=Conversation.Source.CHAT)
+
+
+class MessageQuerySet(models.QuerySet):
+    def visible(self) -> MessageQuerySet:
+        """What the user still sees: not replaced by a regenerated reply, in a conversation
+        they have not deleted."""
+        return self.filter(replaced_at__isnull=True, conversation__deleted_at__isnull=True)
+
+
 class Conversation(models.Model):
+    class Source(models.TextChoices):
+        CHAT = "chat", "chat page"
+        API = "api", "API"
+
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, default="New chat")
     model = models.ForeignKey(LanguageModel, null=True, blank=True, on_delete=models.SET_NULL)
@@ -23,6 +51,12 @@ class Conversation(models.Model):
     max_tokens = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.CHAT, db_index=True)
+    deleted_at = models.DateTimeField(
+        null=True, blank=True, db_index=True, help_text="When the user deleted it; hidden from them since."
+    )
+
+    objects = ConversationQuerySet.as_manager()
 
     class Meta:
         ordering = ["-updated_at"]
@@ -59,6 +93,12 @@ class Message(models.Model):
     error = models.TextField(blank=True)
     model = models.ForeignKey(LanguageModel, null=True, blank=True, on_delete=models.SET_NULL)
     params = models.JSONField(default=dict, blank=True)
+    # The reproducibility record of a reply, as it was when the reply was queued (the conversation
+    # and the model may change later): the system prompt used and the model's version.
+    system_prompt = models.TextField(blank=True, help_text="The system prompt the reply was generated with.")
+    model_version = models.JSONField(
+        default=dict, blank=True, help_text="The model as it was: slug, weights, adapter, base and lineage."
+    )
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     ttft_ms = models.FloatField(null=True, blank=True, help_text="Time to first token, from enqueue.")
@@ -66,12 +106,21 @@ class Message(models.Model):
     worker = models.CharField(max_length=100, blank=True, help_text="Inference worker that generated it.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    replaced_at = models.DateTimeField(
+        null=True, blank=True, db_index=True, help_text="When a regenerated reply took its place."
+    )
+    replaced_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces", editable=False
+    )
+
+    objects = MessageQuerySet.as_manager()
 
     class Meta:
         ordering = ["created_at", "id"]
 
     def __str__(self) -> str:
-        return f"{self.role}: {self.content[:50]}"
+        # Not the content: it is Markdown, and the admin shows it rendered, never raw.
+        return f"{self.role} message #{self.pk}"
 
     @property
     def is_active(self) -> bool:

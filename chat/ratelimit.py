@@ -1,5 +1,5 @@
 """Per-user message rate limit (chat.send and chat.regenerate), counted in Redis so that it holds
-across every daphne process."""
+across every daphne process. The limit itself is per user or group (presets.quotas)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ from django.conf import settings
 from inference import streams
 
 
-async def retry_after(user_id: int) -> int | None:
+async def retry_after(user_id: int, limit: int | None = None, window: int | None = None) -> int | None:
     """Count one message for the user; None if allowed, else seconds until the next is.
 
-    A fixed window per user: `CHAT_RATE_LIMIT` messages per `CHAT_RATE_WINDOW_S` seconds.
+    A fixed window per user: `limit` messages per `window` seconds (by default
+    `CHAT_RATE_LIMIT` per `CHAT_RATE_WINDOW_S`); a limit of 0 turns it off.
     """
-    limit = settings.CHAT_RATE_LIMIT
+    limit = settings.CHAT_RATE_LIMIT if limit is None else limit
     if limit <= 0:
         return None
-    window = settings.CHAT_RATE_WINDOW_S
+    window = settings.CHAT_RATE_WINDOW_S if window is None else window
     now = time.time()
     start = math.floor(now / window) * window
     key = f"chat:rate:{user_id}:{int(start)}"

@@ -1,10 +1,17 @@
-"""Markdown → HTML on the server, then sanitized with bleach. The browser never renders Markdown."""
+"""Markdown → HTML on the server, then sanitized with bleach. The browser never renders Markdown.
 
+Fenced code blocks are highlighted by Pygments on the server (`codehilite`): the result is
+spans with token classes inside the same sanitizer (static/chat/highlight.css colours them),
+so highlighting adds no script and no way around the allow-list.
+"""
+
+import html
 from functools import partial
 
 import bleach
 import markdown
 from bleach.linkifier import LinkifyFilter
+from pygments.formatters import HtmlFormatter
 
 ALLOWED_TAGS = frozenset(
     {
@@ -36,12 +43,15 @@ ALLOWED_TAGS = frozenset(
         "th",
         "td",
         "span",
+        "div",
     }
 )
 ALLOWED_ATTRIBUTES = {
     "a": ["href", "title", "rel"],
     "code": ["class"],
     "span": ["class"],
+    "div": ["class"],
+    "pre": ["class"],
     "th": ["align"],
     "td": ["align"],
 }
@@ -66,8 +76,27 @@ _cleaner = bleach.Cleaner(
 )
 
 
+class _CodeFormatter(HtmlFormatter):
+    """Pygments' HTML with the block's language as a class on its <code> (language-python)."""
+
+    def __init__(self, lang_str: str = "", **options) -> None:
+        super().__init__(**options)
+        self.lang_str = lang_str
+
+    def _wrap_code(self, source):
+        yield 0, f'<code class="{html.escape(self.lang_str)}">'
+        yield from source
+        yield 0, "</code>"
+
+
 def _markdown() -> markdown.Markdown:
-    md = markdown.Markdown(extensions=["fenced_code", "tables", "sane_lists"], output_format="html")
+    md = markdown.Markdown(
+        extensions=["fenced_code", "codehilite", "tables", "sane_lists"],
+        extension_configs={
+            "codehilite": {"css_class": "highlight", "guess_lang": False, "pygments_formatter": _CodeFormatter}
+        },
+        output_format="html",
+    )
     # Raw HTML in user or model text is shown as text, never passed through as markup.
     md.preprocessors.deregister("html_block")
     md.inlinePatterns.deregister("html")

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from inference import sinks
 from inference.protocol import Done
+from moderation import events as moderation_events
 
 from .models import Conversation, Message
 from .rendering import render_markdown
@@ -74,6 +75,15 @@ def end(message_id: int, *, content: str, done: Done, queued_only: bool = False)
             return False
         conversation_id = Message.objects.filter(pk=message_id).values_list("conversation_id", flat=True).first()
         Conversation.objects.filter(pk=conversation_id).update(updated_at=timezone.now())
+        if done.moderation:  # output rules that matched while it streamed: the review queue
+            conversation = Conversation.objects.select_related("user").get(pk=conversation_id)
+            moderation_events.record(
+                done.moderation,
+                source=getattr(conversation, "source", "chat"),
+                user=conversation.user,
+                conversation=conversation,
+                message=Message(pk=message_id),
+            )
     return True
 
 

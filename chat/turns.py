@@ -7,11 +7,15 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from inference import sampling
 from inference.protocol import Request
+from moderation import checks as moderation_checks
+from moderation import events as moderation_events
+from presets import prompts, templating
 
-from . import replies
+from . import limits, replies
 from .models import Conversation, LanguageModel, Message
 from .rendering import render_markdown
 
@@ -33,10 +37,10 @@ class Turn:
     user_message: Message
     reply: Message
     request: Request
-    replaces: int | None = None  # regenerate: the old reply, deleted once the new one is queued
+    replaces: int | None = None  # regenerate: the old reply, marked replaced once the new one is queued
 
     def started_frame(self) -> dict:
-        return {
+        frame = {
             "type": "chat.started",
             "conversation": self.conversation.pk,
             "user_message": self.user_message.pk,
@@ -44,6 +48,11 @@ class Turn:
             "model": self.request.model,
             "title": self.conversation.title,
         }
+        if self.user_message.params.get("template"):
+            # Filled on the server from a prompt template: the page shows what was sent.
+            frame["user_content"] = self.user_message.content
+            frame["template"] = self.user_message.params["template"]
+        return frame
 
 
 # --- check -----------------------------------------------------------------------------------
@@ -69,7 +78,10 @@ def _check_id(value, name: str) -> int:
     return value
 
 
-def _check_model(user, slug, conversation: Conversation | None) -> LanguageModel:
+def _check_model(user, slug, conversation: Conversation | None, *, switch_disabled: bool = True) -> LanguageModel:
+    """The model a reply uses: the one named, else the conversation's, else the default. A
+    conversation whose model was disabled falls back to the default only with `switch_disabled`
+    (a regenerate); a new message is refused instead, so the person sees the switch and agrees."""
     if slug is not None:
         if not isinstance(slug, str):
             raise TurnError("invalid_field", "model must be a model name (slug) string.")
@@ -85,7 +97,26 @@ def _check_model(user, slug, conversation: Conversation | None) -> LanguageModel
     model = LanguageModel.default()
     if model is None:
         raise TurnError("no_model", "No model is enabled. An administrator must enable one in the admin.")
+    disabled = conversation.model if conversation is not None and conversation.model is not None else None
+    if not switch_disabled and disabled is not None and not disabled.enabled and disabled.visible_to(user):
+        raise TurnError(
+            "model_disabled",
+            f"This conversation's model {disabled.slug!r} was disabled by an administrator. "
+            f"Send the message with another model (the default is {model.slug!r}).",
+        )
     return model
+
+
+def _check_prompt_length(content: str, system_prompt: str, model: LanguageModel) -> None:
+    """Refuse, before anything is stored, a message that cannot fit the model's input limit
+    (estimated as the chat page counts it: chat/limits.py)."""
+    tokens = limits.prompt_tokens(content, system_prompt)
+    if tokens > model.max_input_tokens:
+        raise TurnError(
+            "message_too_long",
+            f"The message is about {tokens} tokens with the system prompt; the model {model.slug!r} accepts "
+            f"at most {model.max_input_tokens}. Shorten it or split it into several messages.",
+        )
 
 
 def _check_params(params, model: LanguageModel, conversation: Conversation | None) -> dict:
@@ -112,10 +143,24 @@ def _check_capacity(user) -> None:
         )
 
 
+def _check_moderation(user, content: str, conversation_id) -> moderation_checks.InputOutcome:
+    """Input rules: a block refuses the message (and waits in the review queue)."""
+    outcome = moderation_checks.check_input(content)
+    if outcome.block is not None:
+        valid_id = isinstance(conversation_id, int) and not isinstance(conversation_id, bool)
+        conversation = Conversation.objects.filter(pk=conversation_id, user=user).first() if valid_id else None
+        moderation_events.record(outcome.records, source="chat", user=user, conversation=conversation)
+        raise TurnError("moderated", outcome.refusal)
+    return outcome
+
+
 def owned_message(user, message_id) -> Message:
     message_id = _check_id(message_id, "message")
     message = (
-        Message.objects.select_related("conversation", "model").filter(pk=message_id, conversation__user=user).first()
+        Message.objects.visible()
+        .select_related("conversation", "model")
+        .filter(pk=message_id, conversation__user=user)
+        .first()
     )
     if message is None:
         raise TurnError("not_found", "There is no such message in your conversations.")
@@ -127,7 +172,7 @@ def _locked_owned_conversation(user, conversation_id) -> Conversation:
     conversation = (
         Conversation.objects.select_for_update(of=("self",))
         .select_related("model")
-        .filter(pk=conversation_id, user=user)
+        .filter(pk=conversation_id, user=user, deleted_at__isnull=True, source=Conversation.Source.CHAT)
         .first()
     )
     if conversation is None:
@@ -145,11 +190,13 @@ def build_request(reply: Message, replaces: int | None = None) -> Request:
     """The inference request: the chat history up to (not including) `reply`, and its settings."""
     conversation = reply.conversation
     model = reply.model
-    system = conversation.system_prompt or model.system_prompt
+    # The system prompt recorded on the reply when it was queued (its reproducibility record).
+    system = reply.system_prompt or conversation.system_prompt or model.system_prompt
     history = []
     if system.strip():
         history.append({"role": "system", "content": system})
-    earlier = conversation.messages.filter(id__lt=reply.pk).exclude(pk=replaces).order_by("id")
+    earlier = conversation.messages.filter(id__lt=reply.pk, replaced_at__isnull=True).exclude(pk=replaces)
+    earlier = earlier.order_by("id")
     for role, content in earlier.values_list("role", "content"):
         if role == Message.Role.ASSISTANT and not content:
             continue
@@ -184,23 +231,62 @@ def _queue_reply(
 ) -> Turn:
     """Create the queued assistant reply and the inference request for it."""
     reply = Message.objects.create(
-        conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.QUEUED, model=model, params=params
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.QUEUED,
+        model=model,
+        params=params,
+        system_prompt=conversation.system_prompt or model.system_prompt,
+        model_version=model_version(model),
     )
     return Turn(conversation, user_message, reply, build_request(reply, replaces), replaces)
 
 
-def start_turn(user, conversation_id, content, model_slug, params, system_prompt=None) -> Turn:
+def model_version(model: LanguageModel) -> dict:
+    """What identifies the model's weights at this moment, for the reply's reproducibility record."""
+    return {
+        "slug": model.slug,
+        "source": model.source,
+        "location": model.location,
+        "backend": model.backend,
+        "gguf_file": model.gguf_file,
+        "adapter": model.adapter,
+        "dtype": model.dtype,
+        "base": model.base.slug if model.base_id and model.base else None,
+        "lineage": model.lineage or {},
+        "updated_at": model.updated_at.isoformat() if model.updated_at else None,
+    }
+
+
+def _fill_template(template) -> tuple[str, dict]:
+    try:
+        return prompts.fill_template(template)
+    except templating.TemplateError as exc:
+        raise TurnError("template_error", exc.message) from exc
+
+
+def start_turn(user, conversation_id, content, model_slug, params, system_prompt=None, template=None) -> Turn:
     """Store the user's message and a queued reply; returns the worker request to enqueue.
-    `system_prompt`, when given, is saved on the conversation before the reply is built."""
+    `system_prompt`, when given, is saved on the conversation before the reply is built.
+    `template` ({"id", "values"}), when given, is filled here and replaces `content`; its name
+    and version are stored in the user message's params."""
+    used_template = None
+    if template is not None:
+        content, used_template = _fill_template(template)
     content = _check_content(content)
     system_prompt = _check_system_prompt(system_prompt)
     _check_capacity(user)
+    moderated = _check_moderation(user, content, conversation_id)
+    content = moderated.text  # masked where a rule says so: the model never sees the match
     with transaction.atomic():
         # Race: two tabs sending in one conversation at once; the row lock serialises them so
         # the busy check sees the first one's queued reply.
         conversation = None if conversation_id is None else _locked_owned_conversation(user, conversation_id)
-        model = _check_model(user, model_slug, conversation)
+        model = _check_model(user, model_slug, conversation, switch_disabled=False)
         resolved = _check_params(params, model, conversation)
+        saved_prompt = conversation.system_prompt if conversation is not None else ""
+        in_force = (system_prompt if system_prompt is not None else saved_prompt) or model.system_prompt
+        _check_prompt_length(content, in_force, model)
         if conversation is None:
             title = " ".join(content.split())[:TITLE_CHARS] or "New chat"
             conversation = Conversation.objects.create(
@@ -213,7 +299,14 @@ def start_turn(user, conversation_id, content, model_slug, params, system_prompt
                 conversation.system_prompt = system_prompt
             conversation.save(update_fields=["model", "system_prompt", "updated_at"])
         user_message = Message.objects.create(
-            conversation=conversation, role=Message.Role.USER, content=content, html=render_markdown(content)
+            conversation=conversation,
+            role=Message.Role.USER,
+            content=content,
+            html=render_markdown(content),
+            params={"template": used_template} if used_template else {},
+        )
+        moderation_events.record(
+            moderated.records, source="chat", user=user, conversation=conversation, message=user_message
         )
         return _queue_reply(conversation, user_message, model, resolved)
 
@@ -225,12 +318,13 @@ def regenerate(user, message_id) -> Turn:
     _check_capacity(user)
     with transaction.atomic():
         conversation = _locked_owned_conversation(user, message.conversation_id)
-        latest = conversation.messages.order_by("-id").first()
+        shown = conversation.messages.filter(replaced_at__isnull=True)
+        latest = shown.order_by("-id").first()
         if message.role != Message.Role.ASSISTANT or latest is None or latest.pk != message.pk or message.is_active:
             raise TurnError(
                 "not_regenerable", "Only the latest assistant reply can be regenerated, once it has finished."
             )
-        user_message = conversation.messages.filter(role=Message.Role.USER, id__lt=message.pk).order_by("-id").first()
+        user_message = shown.filter(role=Message.Role.USER, id__lt=message.pk).order_by("-id").first()
         if user_message is None:
             raise TurnError("not_regenerable", "There is no user message to answer again.")
         model = (
@@ -249,6 +343,10 @@ def regenerate(user, message_id) -> Turn:
 
 
 def drop_replaced(turn: Turn) -> None:
-    """After a regenerated reply was queued: delete the reply it replaces."""
+    """After a regenerated reply was queued: drop the reply it replaces from the user's thread.
+    The row is kept, marked replaced (by the new reply), for the admins' logs until
+    LOGS_RETENTION_DAYS have passed (chat.retention purges it)."""
     if turn.replaces is not None:
-        Message.objects.filter(pk=turn.replaces, conversation=turn.conversation).delete()
+        Message.objects.filter(pk=turn.replaces, conversation=turn.conversation, replaced_at__isnull=True).update(
+            replaced_at=timezone.now(), replaced_by=turn.reply
+        )

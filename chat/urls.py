@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import feedback_views, views
 
 app_name = "chat"
 
@@ -15,4 +15,5 @@ urlpatterns = [
         views.conversation_messages,
         name="conversation_messages",
     ),
+    path("api/messages/<int:message_id>/feedback/", feedback_views.message_feedback, name="message_feedback"),
 ]

@@ -2,15 +2,16 @@
 
 import json
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
+from inference import sampling
 from inference.models import LanguageModel
+from presets import prompts
 
-from . import conversations, replies
+from . import conversations, feedback, limits, replies
 from .models import Message
 
 
@@ -28,6 +29,10 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
     # A link such as the fine-tuning page's "Chat with it" may name the model (?model=slug).
     asked = next((m for m in models if m.slug == request.GET.get("model")), None)
     selected_model = (conversation.model if conversation and conversation.model_id else None) or asked or default_model
+    # A model disabled since the conversation used it: the page says so and offers the default.
+    disabled_model = selected_model if selected_model is not None and not selected_model.enabled else None
+    if disabled_model is not None:
+        selected_model = default_model
     active = next((m for m in messages if m.is_active), None)
     setting_fields = conversations.settings_fields(conversation)
     config = {
@@ -37,8 +42,14 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
         "settingFields": setting_fields,
         "defaultModel": default_model.slug if default_model else None,
         "activeMessage": active.pk if active else None,
-        "maxMessageChars": settings.CHAT_MAX_MESSAGE_CHARS,
+        **limits.page_config(models),
+        # The values in force where neither the conversation nor its model sets one.
+        "samplingDefaults": sampling.DEFAULTS.to_dict(),
+        "disabledModel": {"slug": disabled_model.slug, "name": disabled_model.name} if disabled_model else None,
         "wsPath": "/ws/chat/",
+        "feedback": feedback.for_messages(request.user, messages),
+        "feedbackLimits": feedback.limits(),
+        **prompts.page_config(),
     }
     return render(
         request,
@@ -50,6 +61,7 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
             "models": models,
             "default_model": default_model,
             "selected_model": selected_model,
+            "disabled_model": disabled_model,
             "setting_groups": conversations.settings_groups(setting_fields),
             "chat_config": config,
         },

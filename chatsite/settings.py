@@ -140,10 +140,12 @@ INSTALLED_APPS = [
     "moderation",
     "presets",
     "dashboard",
+    "api",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "api.middleware.ApiJsonErrors",  # every answer under /v1 is JSON (OpenAI's error shape)
     "chatsite.security.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -283,11 +285,31 @@ CELERY_TASK_ALWAYS_EAGER = False
 # --- Chat limits ---------------------------------------------------------------------------
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 64 * 1024, minimum=1024)
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 16000, minimum=1)
+# Characters per token of the packaged model's tokenizer (3.2 for English prose, 3.7 for code): the
+# chat page and the socket estimate a message's tokens with it against the model's input limit.
+CHAT_CHARS_PER_TOKEN = env_float("CHAT_CHARS_PER_TOKEN", 3.2)
+if not CHAT_CHARS_PER_TOKEN > 0:
+    raise ImproperlyConfigured(f"CHAT_CHARS_PER_TOKEN={CHAT_CHARS_PER_TOKEN} must be above 0.")
 CHAT_MAX_TITLE_CHARS = 200
 CHAT_MAX_SYSTEM_PROMPT_CHARS = env_int("CHAT_MAX_SYSTEM_PROMPT_CHARS", 8000, minimum=1)
 # Per-user message rate limit: CHAT_RATE_LIMIT messages per CHAT_RATE_WINDOW_S (0 disables).
 CHAT_RATE_LIMIT = env_int("CHAT_RATE_LIMIT", 20, minimum=0)
 CHAT_RATE_WINDOW_S = env_int("CHAT_RATE_WINDOW_S", 60, minimum=1)
+# Conversation logs: conversations users deleted and replies regenerate replaced stay, hidden
+# from their users, for the admins this many days; then chat.retention purges them (0: at its
+# next run). The purge runs every LOGS_PURGE_INTERVAL_S in the Celery worker, or `purgelogs`.
+LOGS_RETENTION_DAYS = env_int("LOGS_RETENTION_DAYS", 30, minimum=0)
+LOGS_PURGE_INTERVAL_S = env_int("LOGS_PURGE_INTERVAL_S", 3600, minimum=60)
+CELERY_BEAT_SCHEDULE = {
+    "purge-logs": {"task": "chat.purge_logs", "schedule": LOGS_PURGE_INTERVAL_S},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Default daily quota of prompt + completion tokens per user (UTC day; 0: unlimited). Per-user and
+# per-group overrides of both limits are set in the admin (presets.Quota).
+CHAT_DAILY_TOKEN_QUOTA = env_int("CHAT_DAILY_TOKEN_QUOTA", 0, minimum=0)
+# Feedback on a reply: the longest comment and edited answer accepted.
+CHAT_FEEDBACK_MAX_COMMENT_CHARS = env_int("CHAT_FEEDBACK_MAX_COMMENT_CHARS", 2000, minimum=1)
+CHAT_FEEDBACK_MAX_EDIT_CHARS = env_int("CHAT_FEEDBACK_MAX_EDIT_CHARS", 16000, minimum=1)
 # Deltas are coalesced and flushed about this often (milliseconds).
 CHAT_FLUSH_INTERVAL_MS = env_int("CHAT_FLUSH_INTERVAL_MS", 50, minimum=1)
 # How long a finished stream's deltas stay in Redis for resume (seconds).
@@ -317,6 +339,18 @@ INFERENCE_LLAMACPP_CONTEXT = env_int("INFERENCE_LLAMACPP_CONTEXT", 8192, minimum
 # sequences' next tokens together). Both chosen with bench/run.py (docs/performance.md).
 INFERENCE_PREFILL_CHUNK = env_int("INFERENCE_PREFILL_CHUNK", 128, minimum=16)
 INFERENCE_LLAMACPP_BATCH = env_int("INFERENCE_LLAMACPP_BATCH", 256, minimum=16)
+# Developer API (/v1): requests per minute per key (a key may set its own), the largest JSON
+# body of a chat completion, and the most choices (`n`) one request may ask for.
+API_RATE_LIMIT = env_int("API_RATE_LIMIT", 120, minimum=0)
+API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1_000_000, minimum=1000)
+API_MAX_CHOICES = env_int("API_MAX_CHOICES", 4, minimum=1)
+
+# Moderation: a rule saved in the admin applies in every process within this many seconds.
+MODERATION_RELOAD_S = env_int("MODERATION_RELOAD_S", 2, minimum=0)
+# Output rules with regular expressions: the streamed tail held back so a match of up to this
+# many characters is caught before any of it is shown (keywords hold back their own length).
+MODERATION_STREAM_WINDOW = env_int("MODERATION_STREAM_WINDOW", 64, minimum=8)
+
 # Extra folders (comma-separated) a "local folder" model may be loaded from, besides MODEL_DIR.
 INFERENCE_MODEL_ROOTS = [p for p in env_str("INFERENCE_MODEL_ROOTS", "").split(",") if p.strip()]
 # Most replies one user may have queued or generating at once, across conversations.
@@ -343,6 +377,10 @@ FINETUNE_ESTIMATE_TOKENS_PER_S = float(env_str("FINETUNE_ESTIMATE_TOKENS_PER_S",
 
 # /metrics (Prometheus): staff users, or `Authorization: Bearer <METRICS_TOKEN>` when set.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+
+# Usage dashboard (dashboard/rollup.py): rows younger than this are counted on a later refresh,
+# so one whose insert commits a moment after a higher id's is never skipped. 0 counts at once.
+DASHBOARD_SETTLE_S = env_int("DASHBOARD_SETTLE_S", 30, minimum=0)
 
 LOGGING = {
     "version": 1,

@@ -68,6 +68,7 @@ class Done:
     tokens_per_s: float | None = None
     error: str = ""
     worker: str = ""
+    moderation: list[dict] = field(default_factory=list)  # output rules that matched (matching.Match.record)
 
     def __post_init__(self) -> None:
         if self.finish_reason not in FINISH_REASONS:
@@ -80,6 +81,7 @@ class Done:
             "timing": {"ttft_ms": self.ttft_ms, "tokens_per_s": self.tokens_per_s},
             "error": self.error,
             "worker": self.worker,
+            "moderation": self.moderation,
         }
 
     @classmethod
@@ -93,4 +95,5 @@ class Done:
             tokens_per_s=timing.get("tokens_per_s"),
             error=data.get("error", ""),
             worker=data.get("worker", ""),
+            moderation=list(data.get("moderation") or []),
         )

@@ -21,6 +21,9 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from redis.exceptions import RedisError
 
+from moderation.checks import output_filter
+from moderation.streaming import OutputFilter
+
 from . import metrics, reaper, results, sinks, streams
 from .backends import Backend, GenerationRequest, open_backend
 from .backends.llamacpp import LlamaCppBackend, adapter_gguf
@@ -44,13 +47,14 @@ class Reply:
     request: Request
     prompt_tokens: int
     seq: int = 0
-    content: str = ""
-    sent: int = 0  # characters of content already appended to the stream
+    content: str = ""  # what the model wrote (stop strings cut)
+    shown: str = ""  # the text appended to the stream so far (moderated: masks applied)
     tokens: int = 0
     first_token_at: float | None = None
     flushed_once: bool = False
     stop_seen: bool = False
     backend: Backend | None = None
+    moderation: OutputFilter | None = None  # output rules, when there are any
 
     @property
     def id(self) -> str:
@@ -245,6 +249,7 @@ class InferenceWorker:
             return self._finish(reply, "error", error="Generation could not start on the inference worker.")
         reply.prompt_tokens = len(ids)
         reply.backend = backend
+        reply.moderation = output_filter()
         self.replies[request.id] = reply
         return backend, GenerationRequest.build(request.id, ids, request.sampling, adapter=adapter)
 
@@ -393,20 +398,25 @@ class InferenceWorker:
         if not first_pieces and now - self._last_flush < self.flush_interval:
             return
         self._last_flush = now
-        ready = []
+        ready, blocked = [], []
         for reply in self.replies.values():
-            end = len(reply.content) - _held_back(reply.content, reply.request.stop)
-            if end > reply.sent:
-                ready.append((reply, end))
+            text, block = _view(reply, final=False)
+            if block:
+                blocked.append(reply)
+            elif len(text) > len(reply.shown):
+                ready.append((reply, text))
         if ready:
             pipe = streams.client().pipeline(transaction=False)
-            for reply, end in ready:
-                streams.append(pipe, reply.id, reply.seq + 1, "delta", {"text": reply.content[reply.sent : end]})
+            for reply, text in ready:
+                streams.append(pipe, reply.id, reply.seq + 1, "delta", {"text": text[len(reply.shown) :]})
             pipe.execute()
-            for reply, end in ready:
+            for reply, text in ready:
                 reply.seq += 1
-                reply.sent = end
+                reply.shown = text
                 reply.flushed_once = True
+        for reply in blocked:  # a block rule matched: the reply ends before the match
+            reply.backend.cancel(reply.id)
+            self._finish(reply, "moderated")
         for request_id in streams.stopped_among([r.id for r in self.replies.values() if not r.stop_seen]):
             reply = self.replies[request_id]
             reply.stop_seen = True
@@ -414,13 +424,19 @@ class InferenceWorker:
 
     def _finish(self, reply: Reply, reason: str, error: str = "") -> None:
         """Flush the reply's last text, record metrics, and queue its result for storing."""
-        if reply.sent < len(reply.content):
+        text, block = _view(reply, final=True)
+        if block:
+            if reason != "moderated":
+                reply.backend.cancel(reply.id)
+            reason, error = "moderated", _withheld(reply.moderation.block)
+        reply.content = text  # what is stored: what people were shown
+        if len(text) > len(reply.shown):
             try:
                 pipe = streams.client().pipeline(transaction=False)
-                streams.append(pipe, reply.id, reply.seq + 1, "delta", {"text": reply.content[reply.sent :]})
+                streams.append(pipe, reply.id, reply.seq + 1, "delta", {"text": text[len(reply.shown) :]})
                 pipe.execute()
                 reply.seq += 1
-                reply.sent = len(reply.content)
+                reply.shown = text
             except RedisError:
                 logger.warning("Redis unavailable: %s ends without its last delta (its sink has it)", reply.id)
         self.replies.pop(reply.id, None)
@@ -437,6 +453,7 @@ class InferenceWorker:
             tokens_per_s=round(tokens_per_s, 2) if tokens_per_s is not None else None,
             error=error,
             worker=self.worker_id,
+            moderation=reply.moderation.moderation if reply.moderation else [],
         )
         # Metrics first: whoever sees the done event can already read them.
         try:
@@ -469,6 +486,21 @@ class InferenceWorker:
                 logger.warning("could not store %s (%s); retrying in %.0f s", reply.id, exc, RETRY_STORE_S)
                 close_old_connections()
                 self.unstored.append(item)
+
+
+def _view(reply: Reply, final: bool) -> tuple[str, bool]:
+    """The reply's text that may be shown now, and whether a block rule ended it. Held back
+    until decided: a tail that could begin a stop string, and one an output rule could match."""
+    content = reply.content
+    cut = len(content) if final else len(content) - _held_back(content, reply.request.stop)
+    if reply.moderation is None:
+        return content[:cut], False
+    return reply.moderation.view(content, cut, final)
+
+
+def _withheld(block) -> str:
+    about = f" ({block.rule.category})" if block.rule.category else ""
+    return f"The rest of this reply was withheld by the moderation rules{about}."
 
 
 def _stop_string_at(text: str, stops: list[str], new_from: int) -> int | None:

@@ -21,6 +21,16 @@ TINY_DIR = TEST_MODEL_DIR / "tiny-llama"
 
 
 @pytest.fixture(autouse=True)
+def _fresh_moderation_rules():
+    """Each test starts without the compiled rules an earlier test cached (its rows are gone)."""
+    from moderation.checks import forget_rules
+
+    forget_rules()
+    yield
+    forget_rules()
+
+
+@pytest.fixture(autouse=True)
 def _fast_settings(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.MODEL_DIR = TEST_MODEL_DIR

@@ -35,7 +35,8 @@ ASSISTANT = '[data-testid="message"][data-role="assistant"]'
 FINISHED = re.compile(r"^(complete|stopped|interrupted|error)$")
 
 # Samples the latest assistant message every 50 ms: (id, status, text). Installed as an init
-# script, it also runs after a reload, before the page's own script.
+# script, it also runs after a reload, before the page's own script. `text` is the reply's
+# Markdown as streamed (data-markdown; the body shows its live rendering), else the body's text.
 SAMPLER_JS = """
 (() => {
   window.__samples = [];
@@ -47,7 +48,7 @@ SAMPLER_JS = """
     window.__samples.push({
       id: last.getAttribute('data-message-id'),
       status: last.getAttribute('data-status'),
-      text: body ? body.textContent : '',
+      text: last.getAttribute('data-markdown') ?? (body ? body.textContent : ''),
     });
   }, 50);
 })();

@@ -1,6 +1,7 @@
 """The chat websocket end to end through a real inference worker (tiny model) and real Redis."""
 
 import asyncio
+import re
 
 import pytest
 from channels.db import database_sync_to_async
@@ -98,8 +99,10 @@ async def test_regenerate_replaces_the_latest_reply(alice, worker):
     assert regenerated["user_message"] == started["user_message"]
     assert regenerated["message"] != started["message"]
     await until_done(ws, regenerated["message"])
-    exists = await database_sync_to_async(Message.objects.filter(pk=started["message"]).exists)()
-    assert not exists
+    old = await database_sync_to_async(Message.objects.get)(pk=started["message"])
+    assert old.replaced_at is not None and old.replaced_by_id == regenerated["message"]  # kept for the logs
+    shown = await database_sync_to_async(lambda: list(Message.objects.visible().values_list("pk", flat=True)))()
+    assert started["message"] not in shown and regenerated["message"] in shown
     await ws.disconnect()
 
 
@@ -195,7 +198,7 @@ async def test_deleting_a_conversation_stops_its_running_reply(alice, worker):
     snapshot = await sync_to_async(metrics.snapshot)()
     totals = next(s.totals for s in snapshot.series if s.worker == worker.worker_id)
     assert totals.get("replies_cancelled") == 1
-    assert not await database_sync_to_async(Message.objects.filter(pk=started["message"]).exists)()
+    assert not await database_sync_to_async(Message.objects.visible().filter(pk=started["message"]).exists)()
     await ws.disconnect()
 
 
@@ -228,6 +231,17 @@ async def test_a_failing_generation_step_fails_its_replies_and_the_worker_keeps_
 async def test_a_message_longer_than_the_model_accepts_is_refused_with_its_size(alice, worker):
     ws, _ = await connect(alice)
     await send(ws, {"type": "chat.send", "content": "lorem ipsum " * 400, "params": {"max_tokens": 4}})
+    refused = await receive(ws)
+    assert refused["type"] == "chat.error" and refused["code"] == "message_too_long"
+    assert re.search(r"about \d+ tokens .* accepts at most 512", refused["message"])
+    assert await database_sync_to_async(Message.objects.count)() == 0  # nothing stored, nothing failed
+    await ws.disconnect()
+
+
+async def test_a_message_the_estimate_lets_through_is_still_refused_by_the_worker_with_its_size(alice, worker):
+    # 300 emoji are ~100 tokens by the characters-per-token estimate but 600 for the tokenizer.
+    ws, _ = await connect(alice)
+    await send(ws, {"type": "chat.send", "content": "\N{SLIGHTLY SMILING FACE}" * 300, "params": {"max_tokens": 4}})
     started = await receive(ws)
     _, done = await until_done(ws, started["message"])
     assert done["finish_reason"] == "error"

@@ -282,7 +282,8 @@ async def test_regenerate_after_the_cap_was_lowered_asks_for_at_most_the_new_cap
     assert started["type"] == "chat.started", started
     reply = await stored(started["message"])
     assert reply.params["max_tokens"] == 50
-    assert await stored(answer.pk) is None  # replaced once the new one was queued
+    old = await stored(answer.pk)
+    assert old.replaced_by_id == reply.pk  # replaced once the new one was queued, kept for the logs
     queued = [json.loads(item) for item in streams.client().lrange(streams.QUEUE_KEY, 0, -1)]
     assert [q["sampling"]["max_tokens"] for q in queued if q["id"] == replies.request_id(reply.pk)] == [50]
     await ws.disconnect()

@@ -20,30 +20,30 @@ def second_tiny(tiny_model):
 def test_loading_a_model_past_the_limit_unloads_the_least_recently_used_idle_one(tiny_model, second_tiny, settings):
     settings.INFERENCE_MAX_MODELS = 1
     worker = InferenceWorker(worker_id="unload-test")
-    worker._backend("tiny")
+    worker._serving("tiny")[0]
     assert list(worker.models) == ["tiny"]
-    worker._backend("tiny-2")
+    worker._serving("tiny-2")[0]
     assert list(worker.models) == ["tiny-2"]
 
 
 def test_a_model_unused_for_the_idle_time_is_unloaded_and_loaded_again_on_use(tiny_model, settings):
     settings.INFERENCE_IDLE_UNLOAD_S = 60
     worker = InferenceWorker(worker_id="idle-test")
-    worker._backend("tiny")
+    worker._serving("tiny")[0]
     worker._unload_idle()
     assert "tiny" in worker.models  # used just now
     worker.models["tiny"].last_used = time.monotonic() - 61
     worker._unload_idle()
     assert worker.models == {}
-    worker._backend("tiny")
+    worker._serving("tiny")[0]
     assert "tiny" in worker.models
 
 
 def test_changing_a_models_backend_reloads_it_without_a_restart(tiny_model):
     worker = InferenceWorker(worker_id="reload-test")
-    first = worker._backend("tiny")
-    assert worker._backend("tiny") is first
+    first = worker._serving("tiny")[0]
+    assert worker._serving("tiny")[0] is first
     LanguageModel.objects.filter(pk=tiny_model.pk).update(dtype="bfloat16")
-    second = worker._backend("tiny")
+    second = worker._serving("tiny")[0]
     assert second is not first and next(second.model.parameters()).dtype.is_floating_point
     assert str(next(second.model.parameters()).dtype) == "torch.bfloat16"

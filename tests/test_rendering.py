@@ -5,6 +5,7 @@ from html.parser import HTMLParser
 
 import pytest
 
+from chat.live import LiveMarkdown
 from chat.rendering import render_markdown
 
 DANGEROUS_TAGS = {"script", "img", "iframe", "svg", "object", "embed", "style", "form", "input", "math", "video"}
@@ -141,6 +142,15 @@ def test_an_xss_payload_renders_no_executable_markup(payload):
     assert_nothing_executable(html)
 
 
+@pytest.mark.parametrize("payload", XSS_PAYLOADS)
+def test_an_xss_payload_streamed_in_pieces_renders_no_executable_markup_at_any_point(payload):
+    # The live rendering of a streaming reply (chat/live.py) renders every prefix of the text.
+    rendering = LiveMarkdown()
+    for char in payload:
+        rendering.add(char)
+        assert_nothing_executable(rendering.html())
+
+
 @pytest.mark.parametrize(
     "payload",
     ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", '<a href="javascript:alert(1)">x</a>'],
@@ -163,3 +173,17 @@ def test_raw_html_is_shown_to_the_reader_as_text(payload):
 def test_the_checker_itself_catches_executable_markup(bad_html):
     with pytest.raises(AssertionError):
         assert_nothing_executable(bad_html)
+
+
+def test_code_blocks_are_highlighted_on_the_server_inside_the_sanitizer():
+    html = render_markdown('```python\ndef greet(name):\n    return "<script>alert(1)</script>"\n```')
+    spans = tags_named(html, "span")
+    assert {"k", "nf", "s2"} <= {c for s in spans for c in s.get("class", "").split()}  # keyword, name, string
+    assert not tags_named(html, "script") and "<script>alert(1)</script>" in "".join(parse(html).text)
+
+
+def test_a_hostile_code_fence_language_cannot_add_markup():
+    for fence in ('python"><img src=x onerror=alert(1)>', 'x" onmouseover="alert(1)', "a<b>"):
+        html = render_markdown(f"```{fence}\nx = 1\n```")
+        assert not tags_named(html, "img") and not tags_named(html, "b")
+        assert_nothing_executable(html)

@@ -228,10 +228,10 @@ def alices_finished_chat(alice, model) -> tuple[Conversation, Message, Message]:
 
 
 @database_sync_to_async
-def messages_of(conversation_id: int) -> list[tuple]:
-    return list(
-        Message.objects.filter(conversation_id=conversation_id).order_by("id").values_list("id", "content", "status")
-    )
+def messages_of(conversation_id: int, visible: bool = False) -> list[tuple]:
+    """Every stored message of the conversation, or only those its user sees (not replaced)."""
+    messages = Message.objects.visible() if visible else Message.objects.all()
+    return list(messages.filter(conversation_id=conversation_id).order_by("id").values_list("id", "content", "status"))
 
 
 async def test_another_user_cannot_send_into_a_conversation(alice, bob, tiny_model):
@@ -277,7 +277,7 @@ async def test_the_owner_can_regenerate_the_same_reply(alice, tiny_model):
     started = await receive(ws, timeout=5)
     assert started["type"] == "chat.started", started
     assert started["user_message"] == question.pk
-    ids = [row[0] for row in await messages_of(question.conversation_id)]
+    ids = [row[0] for row in await messages_of(question.conversation_id, visible=True)]
     assert ids == [question.pk, started["message"]] and answer.pk not in ids
     await ws.disconnect()
 

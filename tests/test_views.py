@@ -447,17 +447,20 @@ def test_one_bad_field_saves_none_of_the_others(alice, alices_chat):
 
 
 # --- delete ----------------------------------------------------------------------------------------
-def test_delete_removes_the_conversation_and_its_messages(alice, alices_chat):
+def test_delete_hides_the_conversation_from_its_user_and_keeps_it_for_the_logs(alice, alices_chat):
     other = make_conversation(alice, "Keep me", "still here")
     message_ids = list(alices_chat.messages.values_list("id", flat=True))
     assert len(message_ids) == 2
     response = client_for(alice).post(urls_for(alices_chat.pk)["delete"])
     assert response.status_code == 200
     assert response.json() == {"deleted": alices_chat.pk}
-    assert not Conversation.objects.filter(pk=alices_chat.pk).exists()
-    assert not Message.objects.filter(pk__in=message_ids).exists()
-    assert Conversation.objects.filter(pk=other.pk).exists() and other.messages.count() == 1
+    assert not Conversation.objects.visible().filter(pk=alices_chat.pk).exists()
+    assert not Message.objects.visible().filter(pk__in=message_ids).exists()
+    assert Conversation.objects.get(pk=alices_chat.pk).deleted_at is not None  # kept for the admins' logs
+    assert Message.objects.filter(pk__in=message_ids).count() == 2
+    assert Conversation.objects.visible().filter(pk=other.pk).exists() and other.messages.count() == 1
     assert client_for(alice).get(urls_for(alices_chat.pk)["page"]).status_code == 404
+    assert client_for(alice).post(urls_for(alices_chat.pk)["delete"]).status_code == 404
 
 
 # --- methods and CSRF ------------------------------------------------------------------------------

@@ -6,57 +6,174 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('chat', '0004_feedback'),
+        ("chat", "0004_feedback"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Rule',
+            name="Rule",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('pattern', models.CharField(help_text='A keyword or phrase, or a regular expression (RE2: no look-around or back-references). Matching ignores case, width (full-width letters), zero-width characters and common look-alike letters.', max_length=500)),
-                ('kind', models.CharField(choices=[('keyword', 'keyword or phrase'), ('regex', 'regular expression (RE2 syntax)')], default='keyword', max_length=10)),
-                ('applies_to', models.CharField(choices=[('input', 'user input'), ('output', 'model output'), ('both', 'both')], default='both', max_length=10)),
-                ('action', models.CharField(choices=[('block', 'block'), ('flag', 'flag (let it through, mark it for review)'), ('mask', 'mask (replace the match)')], default='flag', max_length=10)),
-                ('category', models.CharField(blank=True, help_text='Shown to the user when a message is blocked.', max_length=60)),
-                ('replacement', models.CharField(blank=True, default='[removed]', help_text='What a masked match is replaced with.', max_length=100)),
-                ('enabled', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "pattern",
+                    models.CharField(
+                        help_text="A keyword or phrase, or a regular expression (RE2: no look-around or back-references). Matching ignores case, width (full-width letters), zero-width characters and common look-alike letters.",
+                        max_length=500,
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("keyword", "keyword or phrase"), ("regex", "regular expression (RE2 syntax)")],
+                        default="keyword",
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "applies_to",
+                    models.CharField(
+                        choices=[("input", "user input"), ("output", "model output"), ("both", "both")],
+                        default="both",
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "action",
+                    models.CharField(
+                        choices=[
+                            ("block", "block"),
+                            ("flag", "flag (let it through, mark it for review)"),
+                            ("mask", "mask (replace the match)"),
+                        ],
+                        default="flag",
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "category",
+                    models.CharField(
+                        blank=True, help_text="Shown to the user when a message is blocked.", max_length=60
+                    ),
+                ),
+                (
+                    "replacement",
+                    models.CharField(
+                        blank=True,
+                        default="[removed]",
+                        help_text="What a masked match is replaced with.",
+                        max_length=100,
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Event',
+            name="Event",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('source', models.CharField(choices=[('chat', 'chat page'), ('api', 'API')], default='chat', max_length=10)),
-                ('stage', models.CharField(choices=[('input', 'user input'), ('output', 'model output')], max_length=10)),
-                ('action', models.CharField(choices=[('block', 'block'), ('flag', 'flag (let it through, mark it for review)'), ('mask', 'mask (replace the match)')], max_length=10)),
-                ('rule_name', models.CharField(help_text="The rule's name when it matched.", max_length=100)),
-                ('category', models.CharField(blank=True, max_length=60)),
-                ('excerpt', models.CharField(blank=True, help_text='The matched text (admins only).', max_length=300)),
-                ('status', models.CharField(choices=[('pending', 'pending review'), ('approved', 'approved (the rule was right)'), ('dismissed', 'dismissed (a false alarm)'), ('logged', 'logged (masked, no review needed)')], db_index=True, default='pending', max_length=10)),
-                ('reviewed_at', models.DateTimeField(blank=True, null=True)),
-                ('conversation', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='moderation_events', to='chat.conversation')),
-                ('message', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='moderation_events', to='chat.message')),
-                ('reviewed_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('rule', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='events', to='moderation.rule')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                (
+                    "source",
+                    models.CharField(choices=[("chat", "chat page"), ("api", "API")], default="chat", max_length=10),
+                ),
+                (
+                    "stage",
+                    models.CharField(choices=[("input", "user input"), ("output", "model output")], max_length=10),
+                ),
+                (
+                    "action",
+                    models.CharField(
+                        choices=[
+                            ("block", "block"),
+                            ("flag", "flag (let it through, mark it for review)"),
+                            ("mask", "mask (replace the match)"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("rule_name", models.CharField(help_text="The rule's name when it matched.", max_length=100)),
+                ("category", models.CharField(blank=True, max_length=60)),
+                ("excerpt", models.CharField(blank=True, help_text="The matched text (admins only).", max_length=300)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "pending review"),
+                            ("approved", "approved (the rule was right)"),
+                            ("dismissed", "dismissed (a false alarm)"),
+                            ("logged", "logged (masked, no review needed)"),
+                        ],
+                        db_index=True,
+                        default="pending",
+                        max_length=10,
+                    ),
+                ),
+                ("reviewed_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "conversation",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="moderation_events",
+                        to="chat.conversation",
+                    ),
+                ),
+                (
+                    "message",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="moderation_events",
+                        to="chat.message",
+                    ),
+                ),
+                (
+                    "reviewed_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "rule",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="events",
+                        to="moderation.rule",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'moderation event',
-                'ordering': ['-created_at', '-id'],
-                'indexes': [models.Index(fields=['status', '-created_at'], name='moderation__status_cc6279_idx')],
+                "verbose_name": "moderation event",
+                "ordering": ["-created_at", "-id"],
+                "indexes": [models.Index(fields=["status", "-created_at"], name="moderation__status_cc6279_idx")],
             },
         ),
     ]

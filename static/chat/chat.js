@@ -5,7 +5,7 @@
  *
  * Safety rule: text from the model or the user is inserted with textContent / Text nodes.
  * innerHTML is used only for HTML rendered and sanitized by the server (the `html` field of
- * chat.done, and the page's own server-rendered messages).
+ * chat.delta and chat.done, and the page's own server-rendered messages).
  */
 (function () {
   "use strict";
@@ -40,6 +40,9 @@
     modelSelect: $("model-select"),
     systemPrompt: $("system-prompt"),
     connection: $("connection-status"),
+    count: $("composer-count"),
+    replyStatus: $("reply-status"),
+    newChat: $("new-chat"),
   };
 
   var STATUS_TEXT = {
@@ -60,6 +63,9 @@
     generating: null,        // id of the assistant message generating in this conversation
     pending: null,           // {kind: "send"|"regenerate", content, replaces} until chat.started
     lastSeq: {},             // message id -> last delta seq applied
+    streamText: {},          // message id -> the reply's Markdown so far (the deltas' text)
+    lastSent: null,          // {message, content}: the reply to the message last sent from the box
+    modelConfirmed: !config.disabledModel,  // the person saw that the conversation's model is gone
     pendingSettings: null,   // settings chosen in a new chat, saved once it exists
     lostPending: null,       // a request sent just before the socket dropped
     resumeTries: {},         // message id -> resumes asked after a stream_failed error
@@ -111,6 +117,11 @@
   function hideError() {
     els.banner.hidden = true;
     els.bannerText.textContent = "";
+  }
+
+  /** Tell a screen reader what happened (a polite live region, not the streaming text itself). */
+  function announce(text) {
+    els.replyStatus.textContent = text;
   }
 
   function messageElement(id) {
@@ -187,6 +198,7 @@
 
   function setGeneratingLook(element) {
     element.setAttribute("data-status", "generating");
+    element.setAttribute("aria-busy", "true");
     element.classList.add("is-generating");
     var status = element.querySelector(".message-status");
     if (status) status.textContent = "generating…";
@@ -198,8 +210,12 @@
     var body = bodyOf(element);
     body.textContent = "";
     body.classList.add("plain");
+    state.streamText[element.getAttribute("data-message-id")] = "";
+    element.setAttribute("data-markdown", "");
   }
 
+  /** A delta: its text joins the reply's Markdown; its `html` (the server's sanitized rendering
+   * of the whole reply so far, on the last delta of each batch) replaces the body. */
   function appendDelta(frame) {
     var element = messageElement(frame.message);
     if (!element) return;
@@ -208,7 +224,16 @@
     if (typeof frame.seq === "number") state.lastSeq[frame.message] = frame.seq;
     if (element.getAttribute("data-status") !== "generating") setGeneratingLook(element);
     var stick = state.stickToBottom;
-    bodyOf(element).appendChild(document.createTextNode(String(frame.text || "")));
+    var text = String(frame.text || "");
+    state.streamText[frame.message] = (state.streamText[frame.message] || "") + text;
+    element.setAttribute("data-markdown", state.streamText[frame.message]);  // what Copy copies
+    var body = bodyOf(element);
+    if (typeof frame.html === "string") {
+      body.innerHTML = frame.html;  // server-rendered, bleach-sanitized (chat/live.py)
+      body.classList.remove("plain");
+    } else if (body.classList.contains("plain")) {
+      body.appendChild(document.createTextNode(text));  // no rendering yet: plain text
+    }
     if (stick) scrollToBottom(true);
   }
 
@@ -250,12 +275,23 @@
         if (status === "error") statusLine.textContent = "error: " + (frame.error || "the reply failed");
         else if (STATUS_TEXT[status]) statusLine.textContent = STATUS_TEXT[status];
         else if (reason === "length") statusLine.textContent = "max tokens reached";
-        else if (reason === "moderated") statusLine.textContent = "moderated";
+        else if (reason === "moderated") statusLine.textContent = frame.error || "stopped by moderation";
         else statusLine.textContent = "";
       }
       renderStats(element, frame.usage, frame.timing);
+      element.removeAttribute("aria-busy");
+      var streamed = state.streamText[frame.message];
+      if (typeof streamed === "string" && streamed !== "") element.setAttribute("data-markdown", streamed);
+      attachCopyButtons(element);
+      attachFeedback(element);
+      if (state.generating === frame.message) {
+        announce(status === "error" ? "The reply failed: " + (frame.error || "error") + "."
+          : status === "complete" ? "The reply is complete." : "The reply " + status + ".");
+      }
+      giveBackFailedMessage(frame.message, status);
     }
     delete state.lastSeq[frame.message];
+    delete state.streamText[frame.message];
     if (state.generating === frame.message) state.generating = null;
     updateControls();
   }
@@ -286,10 +322,180 @@
 
   function updateControls() {
     var busy = Boolean(state.generating || state.pending);
-    els.send.disabled = busy || !config.models || config.models.length === 0;
+    els.send.disabled = busy || !config.models || config.models.length === 0 || Boolean(lengthProblem());
     els.stop.hidden = !state.generating;
     els.composer.classList.toggle("is-busy", busy);
     updateRegenerate();
+  }
+
+  // ---------------------------------------------------------------- copy buttons
+
+  /** The reply's Markdown: what was streamed here, else what the server stored (data-markdown). */
+  function markdownOf(element) {
+    var stored = element.getAttribute("data-markdown");
+    return stored !== null ? stored : bodyOf(element).textContent;
+  }
+
+  function copyWithSelection(text) {
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "visually-hidden";
+    document.body.appendChild(area);
+    area.select();
+    var ok = false;
+    try { ok = document.execCommand("copy"); } catch (error) { ok = false; }
+    area.remove();
+    return ok;
+  }
+
+  function copyText(text, button) {
+    var label = button.getAttribute("aria-label");
+    function copied() {
+      button.classList.add("copied");
+      button.textContent = "Copied";
+      button.setAttribute("aria-label", "Copied");
+      announce("Copied to the clipboard.");
+      clearTimeout(button.copiedTimer);
+      button.copiedTimer = setTimeout(function () {
+        button.classList.remove("copied");
+        button.textContent = "Copy";
+        button.setAttribute("aria-label", label);
+      }, 2000);
+    }
+    function failed() {
+      if (copyWithSelection(text)) copied();
+      else showError("Could not copy: the browser did not allow access to the clipboard.");
+    }
+    if (navigator.clipboard && navigator.clipboard.writeText) {
+      navigator.clipboard.writeText(text).then(copied, failed);
+    } else {
+      failed();
+    }
+  }
+
+  function copyButton(testid, label, getText) {
+    var button = document.createElement("button");
+    button.type = "button";
+    button.className = "button small copy-button " + testid;
+    button.setAttribute("data-testid", testid);
+    button.setAttribute("aria-label", label);
+    button.title = label;
+    button.textContent = "Copy";
+    button.addEventListener("click", function () { copyText(getText(), button); });
+    return button;
+  }
+
+  /** A finished reply gets "Copy" (its Markdown) and each of its code blocks one (the code). */
+  function attachCopyButtons(element) {
+    if (!element || element.getAttribute("data-role") !== "assistant") return;
+    var blocks = bodyOf(element).querySelectorAll("pre");
+    for (var i = 0; i < blocks.length; i++) {
+      var pre = blocks[i];
+      if (pre.parentNode.classList.contains("code-block")) continue;
+      var wrapper = document.createElement("div");
+      wrapper.className = "code-block";
+      pre.parentNode.insertBefore(wrapper, pre);
+      wrapper.appendChild(pre);
+      wrapper.appendChild(copyButton("copy-code", "Copy code", (function (block) {
+        return function () { return block.textContent.replace(/\n$/, ""); };
+      })(pre)));
+    }
+    var actions = element.querySelector(".message-actions");
+    if (!actions || actions.querySelector('[data-testid="copy-reply"]') || !markdownOf(element)) return;
+    actions.insertBefore(copyButton("copy-reply", "Copy reply (Markdown)", function () {
+      return markdownOf(element);
+    }), actions.firstChild);
+  }
+
+  // ---------------------------------------------------------------- limits
+
+  // The message counts against the chosen model's input limit in tokens, estimated with the
+  // server's ratio (chat/limits.py: the socket refuses with the same estimate), and against
+  // CHAT_MAX_MESSAGE_CHARS. Nothing is cut: an over-long message stays, says why, and is not sent.
+
+  function characters(text) {
+    var pairs = text.match(/[\uD800-\uDBFF][\uDC00-\uDFFF]/g);
+    return text.length - (pairs ? pairs.length : 0);  // code points, as Python counts
+  }
+
+  function estimateTokens(text) {
+    return text ? Math.ceil(characters(text) / config.charsPerToken) : 0;
+  }
+
+  function messageBudget() {
+    var limits = (config.inputLimits || {})[els.modelSelect.value];
+    if (!limits || !config.charsPerToken) return null;
+    var system = els.systemPrompt.value;
+    var systemTokens = system.trim() ? estimateTokens(system) + config.templateTokens : limits.systemTokens;
+    return {
+      tokens: estimateTokens(els.input.value) + config.templateTokens + systemTokens,
+      limit: limits.maxInputTokens,
+    };
+  }
+
+  /** Why the message in the box cannot be sent ("" when it can). */
+  function lengthProblem() {
+    if (chosenTemplate()) return "";
+    var chars = characters(els.input.value);
+    if (config.maxMessageChars && chars > config.maxMessageChars) {
+      return "The message is " + chars.toLocaleString("en") + " characters; the limit is " +
+        config.maxMessageChars.toLocaleString("en") + ". Shorten it or split it into several messages.";
+    }
+    var budget = messageBudget();
+    if (budget && budget.tokens > budget.limit) {
+      return "The message is about " + budget.tokens.toLocaleString("en") + " tokens with the system prompt; " +
+        modelName(els.modelSelect.value) + " accepts at most " + budget.limit.toLocaleString("en") +
+        ". Shorten it or split it into several messages.";
+    }
+    return "";
+  }
+
+  function countMessage() {
+    var problem = lengthProblem();
+    var budget = messageBudget();
+    var empty = !els.input.value || chosenTemplate();
+    els.count.classList.toggle("over", Boolean(problem));
+    els.input.setAttribute("aria-invalid", problem ? "true" : "false");
+    if (problem) els.count.textContent = problem;
+    else if (empty || !budget) els.count.textContent = "";
+    else els.count.textContent = "≈ " + budget.tokens.toLocaleString("en") + " / " +
+      budget.limit.toLocaleString("en") + " tokens (with the system prompt)";
+    if (els.send) updateControls();
+  }
+
+  /** A reply that failed before it started (the worker counted the message as too long, say):
+   * the message that was sent goes back into an empty box, to be edited and sent again. */
+  function giveBackFailedMessage(messageId, status) {
+    var sent = state.lastSent;
+    if (!sent || sent.message !== Number(messageId)) return;
+    state.lastSent = null;
+    if (status !== "error" || els.input.value || !sent.content) return;
+    els.input.value = sent.content;
+    autosize();
+    countMessage();
+  }
+
+  // ---------------------------------------------------------------- a disabled model
+
+  function confirmModel() {
+    if (state.modelConfirmed) return;
+    state.modelConfirmed = true;
+    var notice = $("model-notice");
+    if (notice) notice.hidden = true;
+  }
+
+  var useDefault = $("use-default-model");
+  if (useDefault) {
+    useDefault.addEventListener("click", function () {
+      els.modelSelect.value = config.defaultModel;
+      applyModelDefaults();
+      confirmModel();
+      countMessage();
+      hideError();
+      if (state.conversation) saveSettings({ model: config.defaultModel });
+      els.input.focus();
+    });
   }
 
   // ---------------------------------------------------------------- sidebar
@@ -477,14 +683,21 @@
     FIELDS.forEach(function (field) {
       var input = $(field.id);
       if (!input || !field.saved) return;
+      // The value in force: the model's own, else the server's default (inference/sampling.py).
       var value = defaults[field.name];
+      if (value == null) value = (config.samplingDefaults || {})[field.name];
       input.placeholder = value == null ? "default" : String(value) + " (default)";
     });
     var maxTokens = $("max-tokens");
     if (maxTokens && model && model.maxTokensCap) maxTokens.max = String(model.maxTokensCap);
   }
 
-  els.modelSelect.addEventListener("change", applyModelDefaults);
+  els.modelSelect.addEventListener("change", function () {
+    applyModelDefaults();
+    confirmModel();
+    countMessage();
+  });
+  els.systemPrompt.addEventListener("input", countMessage);
 
   function fieldText(field) {
     var text = $(field.id).value.trim();
@@ -639,6 +852,233 @@
     return params;
   }
 
+  // ---------------------------------------------------------------- feedback
+
+  // Thumbs up/down, a comment and the answer the person wanted, per finished reply; stored by
+  // POST /api/messages/<id>/feedback/ (chat/feedback.py). The page's config carries what is stored.
+  var feedbackState = config.feedback || {};
+  var feedbackLimits = config.feedbackLimits || {};
+
+  function feedbackOf(id) {
+    return feedbackState[id] || { rating: 0, comment: "", edited_content: "" };
+  }
+
+  function feedbackButton(testid, label, symbol) {
+    var button = document.createElement("button");
+    button.type = "button";
+    button.className = "icon-button feedback-button";
+    button.setAttribute("data-testid", testid);
+    button.setAttribute("aria-label", label);
+    button.title = label;
+    button.textContent = symbol;
+    return button;
+  }
+
+  function feedbackField(testid, labelText, maxLength) {
+    var label = document.createElement("label");
+    label.className = "feedback-field";
+    label.textContent = labelText;
+    var area = document.createElement("textarea");
+    area.rows = 3;
+    area.setAttribute("data-testid", testid);
+    if (maxLength) area.maxLength = maxLength;
+    label.appendChild(area);
+    return { label: label, area: area };
+  }
+
+  function showFeedback(box, id) {
+    var fb = feedbackOf(id);
+    box.setAttribute("data-rating", String(fb.rating));
+    box.querySelector('[data-testid="feedback-up"]').setAttribute("aria-pressed", fb.rating === 1 ? "true" : "false");
+    box.querySelector('[data-testid="feedback-down"]').setAttribute("aria-pressed", fb.rating === -1 ? "true" : "false");
+    var more = box.querySelector('[data-testid="feedback-more"]');
+    more.textContent = fb.comment || fb.edited_content ? "Comment / edit ✓" : "Comment / edit";
+  }
+
+  function sendFeedback(box, id, change) {
+    var status = box.querySelector('[data-testid="feedback-status"]');
+    status.textContent = "Saving…";
+    return postJSON("/api/messages/" + Number(id) + "/feedback/", change).then(function (result) {
+      if (!result.ok) {
+        status.textContent = "";
+        showError("Feedback not saved: " + errorsText(result.data.errors));
+        return false;
+      }
+      feedbackState[id] = result.data.feedback;
+      showFeedback(box, id);
+      status.textContent = "Thanks, saved.";
+      return true;
+    }).catch(function () {
+      status.textContent = "";
+      showError("Could not save the feedback (network error).");
+      return false;
+    });
+  }
+
+  /** Add the feedback controls to a finished assistant reply (once). */
+  function attachFeedback(element) {
+    if (!element || element.getAttribute("data-role") !== "assistant") return;
+    var status = element.getAttribute("data-status");
+    if (status === "queued" || status === "generating" || element.querySelector(".message-feedback")) return;
+    var id = element.getAttribute("data-message-id");
+    var box = document.createElement("div");
+    box.className = "message-feedback";
+    box.setAttribute("data-testid", "feedback");
+    var up = feedbackButton("feedback-up", "Good reply", "👍");
+    var down = feedbackButton("feedback-down", "Bad reply", "👎");
+    var more = document.createElement("button");
+    more.type = "button";
+    more.className = "button small";
+    more.setAttribute("data-testid", "feedback-more");
+    var saved = document.createElement("span");
+    saved.className = "muted small";
+    saved.setAttribute("data-testid", "feedback-status");
+    saved.setAttribute("role", "status");
+    var form = document.createElement("div");
+    form.className = "feedback-form";
+    form.setAttribute("data-testid", "feedback-form");
+    form.hidden = true;
+    var comment = feedbackField("feedback-comment", "Comment", feedbackLimits.maxComment);
+    var edited = feedbackField("feedback-edited", "The answer you wanted (edit the reply)", feedbackLimits.maxEdited);
+    var save = document.createElement("button");
+    save.type = "button";
+    save.className = "button small primary";
+    save.setAttribute("data-testid", "feedback-save");
+    save.textContent = "Save feedback";
+    form.appendChild(comment.label);
+    form.appendChild(edited.label);
+    form.appendChild(save);
+    [up, down, more, saved, form].forEach(function (child) { box.appendChild(child); });
+
+    up.addEventListener("click", function () {
+      sendFeedback(box, id, { rating: feedbackOf(id).rating === 1 ? 0 : 1 });
+    });
+    down.addEventListener("click", function () {
+      sendFeedback(box, id, { rating: feedbackOf(id).rating === -1 ? 0 : -1 });
+    });
+    more.addEventListener("click", function () {
+      if (form.hidden) {
+        var fb = feedbackOf(id);
+        comment.area.value = fb.comment;
+        // Start from the reply's text, to be edited into the answer that was wanted.
+        edited.area.value = fb.edited_content || markdownOf(element);
+      }
+      form.hidden = !form.hidden;
+    });
+    save.addEventListener("click", function () {
+      var text = edited.area.value;
+      var unchanged = text.trim() === markdownOf(element).trim();
+      sendFeedback(box, id, { comment: comment.area.value, edited_content: unchanged ? "" : text })
+        .then(function (ok) { if (ok) form.hidden = true; });
+    });
+    showFeedback(box, id);
+    element.appendChild(box);
+  }
+
+  // ---------------------------------------------------------------- presets
+
+  // A preset (admin-managed) fills the system prompt and the settings; Save (or the first
+  // message of a new chat) keeps them. A setting the preset leaves out means the model's default.
+  var PRESETS = config.presets || [];
+  var presetSelect = $("preset-select");
+
+  PRESETS.forEach(function (preset) {
+    var option = document.createElement("option");
+    option.value = String(preset.id);
+    option.textContent = preset.name;
+    if (preset.description) option.title = preset.description;
+    presetSelect.appendChild(option);
+  });
+  presetSelect.hidden = PRESETS.length === 0;
+  if (presetSelect.labels && presetSelect.labels[0]) presetSelect.labels[0].hidden = PRESETS.length === 0;
+
+  presetSelect.addEventListener("change", function () {
+    var preset = null;
+    for (var i = 0; i < PRESETS.length; i++) {
+      if (String(PRESETS[i].id) === presetSelect.value) preset = PRESETS[i];
+    }
+    if (!preset) return;
+    els.systemPrompt.value = preset.systemPrompt || "";
+    FIELDS.forEach(function (field) {
+      if (!field.saved) return;
+      var value = preset.settings[field.name];
+      $(field.id).value = value == null ? "" : String(value);
+      setFieldError(field.name, "");
+    });
+    els.settingsStatus.textContent = "Preset “" + preset.name + "” applied; Save to keep it.";
+  });
+
+  // ---------------------------------------------------------------- prompt templates
+
+  // The page only collects a template's variables; the server fills the prompt (chat.send's
+  // `template`), so a value can never change the template itself.
+  var TEMPLATES = config.promptTemplates || [];
+  var templateSelect = $("template-select");
+  var templateForm = $("template-form");
+  var templateFields = $("template-fields");
+
+  TEMPLATES.forEach(function (template) {
+    var option = document.createElement("option");
+    option.value = String(template.id);
+    option.textContent = template.title;
+    templateSelect.appendChild(option);
+  });
+  templateSelect.hidden = TEMPLATES.length === 0;
+
+  function chosenTemplate() {
+    for (var i = 0; i < TEMPLATES.length; i++) {
+      if (String(TEMPLATES[i].id) === templateSelect.value) return TEMPLATES[i];
+    }
+    return null;
+  }
+
+  function showTemplateForm() {
+    var template = chosenTemplate();
+    templateFields.textContent = "";
+    templateForm.hidden = !template;
+    els.input.hidden = Boolean(template);
+    if (!template) return;
+    $("template-description").textContent = template.description || "";
+    template.variables.forEach(function (name, index) {
+      var label = document.createElement("label");
+      label.className = "template-field";
+      label.textContent = name.replace(/_/g, " ");
+      var area = document.createElement("textarea");
+      area.rows = name === "text" ? 3 : 1;
+      area.name = name;
+      area.setAttribute("data-testid", "template-var-" + name);
+      if (config.maxMessageChars) area.maxLength = config.maxMessageChars;
+      label.appendChild(area);
+      templateFields.appendChild(label);
+      if (index === 0) area.focus();
+    });
+  }
+
+  templateSelect.addEventListener("change", function () {
+    showTemplateForm();
+    countMessage();
+  });
+  templateForm.addEventListener("submit", function (event) { event.preventDefault(); });
+
+  /** The chosen template's {id, values}, or an error naming the first empty variable. */
+  function templateFrame() {
+    var template = chosenTemplate();
+    var values = {};
+    var missing = null;
+    template.variables.forEach(function (name) {
+      var value = templateFields.querySelector('[name="' + name + '"]').value;
+      if (!value.trim() && missing === null) missing = name;
+      values[name] = value;
+    });
+    if (missing !== null) return { error: "Fill in “" + missing.replace(/_/g, " ") + "” first." };
+    return { template: { id: template.id, values: values } };
+  }
+
+  function clearTemplateValues() {
+    var areas = templateFields.querySelectorAll("textarea");
+    for (var i = 0; i < areas.length; i++) areas[i].value = "";
+  }
+
   // ---------------------------------------------------------------- socket
 
   function socketUrl() {
@@ -728,7 +1168,7 @@
   /** After a request whose chat.started never came: show what the server has for this chat. */
   function recoverLostRequest(lost) {
     if (!state.conversation) {
-      if (lost.kind === "send" && !els.input.value) els.input.value = lost.content;
+      if (lost.kind === "send" && !els.input.value && lost.content) els.input.value = lost.content;
       showError("The connection dropped before the reply started. Please send the message again.");
       return;
     }
@@ -737,7 +1177,17 @@
         if (!response.ok) throw new Error("HTTP " + response.status);
         return response.json();
       })
-      .then(function (data) { syncMessages(data.messages || []); })
+      .then(function (data) {
+        var messages = data.messages || [];
+        syncMessages(messages);
+        var users = messages.filter(function (m) { return m.role === "user"; });
+        var stored = users.length && users[users.length - 1].content === lost.content;
+        if (lost.kind === "send" && stored && els.input.value === lost.content) {
+          els.input.value = "";  // the server did take it
+          autosize();
+          countMessage();
+        }
+      })
       .catch(function () { showError("The connection dropped. Reload the page to see the latest messages."); });
   }
 
@@ -808,10 +1258,30 @@
       var old = messageElement(pending.replaces);
       if (old && Number(frame.message) !== pending.replaces) old.remove();
     }
+    if (pending && pending.template) clearTemplateValues();
+    if (pending && pending.kind === "send" && !pending.template) {
+      // Cleared only now that the server took it: a refused message stays in the box.
+      if (els.input.value === pending.content) {
+        els.input.value = "";
+        autosize();
+        countMessage();
+      }
+      state.lastSent = { message: Number(frame.message), content: pending.content };
+    }
+    announce("The assistant is replying…");
     if (frame.user_message != null && !messageElement(frame.user_message)) {
       var user = createMessage(frame.user_message, "user");
-      // Plain text until the page is reloaded (the server renders the Markdown then).
-      bodyOf(user).textContent = pending && pending.content != null ? pending.content : "";
+      // Plain text until the page is reloaded (the server renders the Markdown then). A
+      // template's prompt was filled by the server: show what it sent.
+      if (typeof frame.user_content === "string") {
+        bodyOf(user).textContent = frame.user_content;
+        if (frame.template) {
+          user.querySelector(".message-meta").textContent =
+            "You · template " + frame.template.name + " v" + frame.template.version;
+        }
+      } else {
+        bodyOf(user).textContent = pending && pending.content != null ? pending.content : "";
+      }
     }
     var assistant = messageElement(frame.message);
     if (assistant) {
@@ -836,7 +1306,11 @@
       (pending.kind === "regenerate" && aboutMessage === pending.replaces));
     if (refusesPending) {
       state.pending = null;
-      if (pending.kind === "send" && !els.input.value) els.input.value = pending.content;
+      if (pending.kind === "send" && !els.input.value && pending.content) els.input.value = pending.content;
+      if (pending.kind === "send") {
+        countMessage();
+        els.input.focus();  // refused (too long, say): the message is still there, to be edited
+      }
     }
     if (frame.code === "stream_failed" && aboutMessage !== null && aboutMessage === state.generating) {
       // The server lost this reply's stream for a moment: ask again from the last seq seen.
@@ -863,9 +1337,17 @@
 
   function send() {
     var content = els.input.value;
-    if (!content.trim() || state.generating || state.pending) return;
-    if (config.maxMessageChars && content.length > config.maxMessageChars) {
-      showError("The message is longer than " + config.maxMessageChars + " characters.");
+    var usingTemplate = Boolean(chosenTemplate());
+    if ((!usingTemplate && !content.trim()) || state.generating || state.pending) return;
+    if (!state.modelConfirmed) {
+      showError("This conversation's model was disabled. Choose “Use " + modelName(config.defaultModel) +
+                "” above, or another model in Settings, then send again.");
+      return;
+    }
+    var tooLong = usingTemplate ? "" : lengthProblem();
+    if (tooLong) {
+      showError(tooLong);
+      els.input.focus();
       return;
     }
     var problems = settingsProblems();
@@ -877,22 +1359,32 @@
       }).join(" "));
       return;
     }
+    var filled = usingTemplate ? templateFrame() : null;
+    if (filled && filled.error) {
+      showError(filled.error);
+      return;
+    }
     hideError();
-    var frame = { type: "chat.send", conversation: state.conversation || null, content: content };
+    var frame = { type: "chat.send", conversation: state.conversation || null };
+    if (filled) frame.template = filled.template;
+    else frame.content = content;
     if (els.modelSelect.value) frame.model = els.modelSelect.value;
     var params = sendParams();
     if (Object.keys(params).length) frame.params = params;
     // A new chat's system prompt must apply to its very first reply.
     if (!state.conversation && els.systemPrompt.value.trim()) frame.system_prompt = els.systemPrompt.value;
-    state.pending = { kind: "send", content: content };
-    els.input.value = "";
-    autosize();
+    state.pending = { kind: "send", content: filled ? null : content, template: Boolean(filled) };
     state.pending.sent = transmit(frame);
     updateControls();
   }
 
   function regenerate(messageId) {
     if (state.generating || state.pending) return;
+    if (!state.modelConfirmed) {
+      showError("This conversation's model was disabled. Choose “Use " + modelName(config.defaultModel) +
+                "” above, or another model in Settings, first.");
+      return;
+    }
     hideError();
     state.pending = { kind: "regenerate", replaces: messageId };
     state.pending.sent = transmit({ type: "chat.regenerate", message: messageId });
@@ -915,18 +1407,44 @@
     els.input.style.height = "auto";
     els.input.style.height = Math.min(els.input.scrollHeight, 240) + "px";
   }
-  els.input.addEventListener("input", autosize);
+  els.input.addEventListener("input", function () {
+    autosize();
+    countMessage();
+  });
 
-  els.stop.addEventListener("click", function () {
-    if (state.generating) transmit({ type: "chat.stop", message: state.generating });
+  function stopReply() {
+    if (!state.generating) return;
+    transmit({ type: "chat.stop", message: state.generating });
+    announce("Stopping the reply…");
+    els.input.focus();
+  }
+
+  els.stop.addEventListener("click", stopReply);
+
+  // Page-wide keys: Esc stops the running reply, Ctrl+Shift+O (⌘+Shift+O) starts a new chat.
+  document.addEventListener("keydown", function (event) {
+    if (event.defaultPrevented || event.isComposing) return;
+    if (event.key === "Escape" && state.generating) {
+      event.preventDefault();
+      stopReply();
+    } else if ((event.ctrlKey || event.metaKey) && event.shiftKey && !event.altKey && event.code === "KeyO") {
+      event.preventDefault();
+      window.location.href = els.newChat.getAttribute("href");
+    }
   });
 
   els.bannerClose.addEventListener("click", hideError);
 
   // ---------------------------------------------------------------- start
 
-  if (config.maxMessageChars) els.input.maxLength = config.maxMessageChars;
   applyModelDefaults();
+  var assistants = els.messages.querySelectorAll('[data-testid="message"][data-role="assistant"]');
+  for (var a = 0; a < assistants.length; a++) {
+    if (Number(assistants[a].getAttribute("data-message-id")) === config.activeMessage) continue;
+    attachCopyButtons(assistants[a]);
+    attachFeedback(assistants[a]);
+  }
+  countMessage();
   if (config.activeMessage) {
     // A reply was still generating when the page loaded: replay it from the start.
     var active = messageElement(config.activeMessage);

@@ -121,7 +121,8 @@ class Command(BaseCommand):
             restarted = partial(self._restarted_worker_argv, name, worker_id)
             self.supervisor.restart_on_crash(name, WORKER_RESTARTS, restarted)
         if not options["no_celery"]:
-            celery = "-m celery -A chatsite worker --loglevel info --concurrency 1 --pool solo".split()
+            # -B: the embedded beat scheduler runs the periodic tasks (the logs purge, chat.tasks).
+            celery = "-m celery -A chatsite worker -B --loglevel info --concurrency 1 --pool solo".split()
             self._start("celery", [python, *celery, "--hostname", f"celery@{hostname}"])
             self.supervisor.restart_on_crash("celery", WORKER_RESTARTS)
         self.phase = "running"

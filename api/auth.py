@@ -1,0 +1,84 @@
+"""Bearer keys and per-key rate limits for every /v1 view: `@api_view("GET", "POST")`."""
+
+from __future__ import annotations
+
+import functools
+
+from asgiref.sync import async_to_sync, iscoroutinefunction, sync_to_async
+from django.conf import settings
+from django.views.decorators.csrf import csrf_exempt
+
+from chat import ratelimit
+
+from . import keys
+from .errors import ApiError
+
+
+def authenticate(request):
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise ApiError(
+            401,
+            "You didn't provide an API key: send it as 'Authorization: Bearer YOUR_KEY' "
+            "(create one on your account's API keys page).",
+            code="missing_api_key",
+        )
+    key = keys.find(value.strip())
+    if key is None:
+        raise ApiError(401, "Incorrect API key provided (unknown or revoked).", code="invalid_api_key")
+    keys.count_use(key)
+    return key
+
+
+async def check_rate(key) -> None:
+    limit = key.rate_limit if key.rate_limit is not None else settings.API_RATE_LIMIT
+    retry = await ratelimit.retry_after(f"apikey-{key.pk}", limit=limit, window=60)
+    if retry is not None:
+        raise ApiError(
+            429,
+            f"Rate limit reached for this key: {limit} requests per minute. Retry in {retry} s.",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(retry)},
+        )
+
+
+def _check_method(request, methods) -> None:
+    if request.method not in methods:
+        raise ApiError(405, f"Method {request.method} is not allowed here; use {', '.join(methods)}.")
+
+
+def api_view(*methods: str):
+    """Method check, key, rate limit; `request.api_key` and `request.user` set for the view.
+    Works on sync and async views; an ApiError anywhere becomes its JSON answer."""
+
+    def decorate(view):
+        if iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def wrapper(request, *args, **kwargs):
+                try:
+                    _check_method(request, methods)
+                    key = await sync_to_async(authenticate)(request)
+                    await check_rate(key)
+                    request.api_key, request.user = key, key.user
+                    return await view(request, *args, **kwargs)
+                except ApiError as exc:
+                    return exc.response()
+
+        else:
+
+            @functools.wraps(view)
+            def wrapper(request, *args, **kwargs):
+                try:
+                    _check_method(request, methods)
+                    key = authenticate(request)
+                    async_to_sync(check_rate)(key)
+                    request.api_key, request.user = key, key.user
+                    return view(request, *args, **kwargs)
+                except ApiError as exc:
+                    return exc.response()
+
+        return csrf_exempt(wrapper)
+
+    return decorate

@@ -1,0 +1,101 @@
+"""API keys: created on the settings page (shown once, stored as a digest), revoked, per user;
+the admin's view of usage; `manage.py createapikey`."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from api import keys
+from api.models import ApiKey
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_new_key_is_shown_once_and_stored_only_as_a_digest(client, alice):
+    client.force_login(alice)
+    page = client.post("/settings/api-keys/", {"name": "notebook"}).content.decode()
+    key = re.search(r'id="new-key" readonly value="(sk-[^"]+)"', page).group(1)
+    row = ApiKey.objects.get(user=alice)
+    assert row.name == "notebook" and key.startswith(row.prefix) and key not in row.digest
+    assert keys.find(key) == row
+    again = client.get("/settings/api-keys/").content.decode()
+    assert key not in again and row.prefix in again
+
+
+def test_revoking_stops_the_key_and_another_user_cannot_touch_it(client, alice, bob):
+    row, key = keys.create(alice, "script")
+    client.force_login(bob)
+    assert client.post(f"/settings/api-keys/{row.pk}/revoke/").status_code == 404
+    assert keys.find(key) == row
+    client.force_login(alice)
+    assert client.post(f"/settings/api-keys/{row.pk}/revoke/").status_code == 302
+    assert keys.find(key) is None
+
+
+def test_the_page_needs_a_login_and_the_api_needs_a_key(client, alice):
+    assert client.get("/settings/api-keys/").status_code == 302
+    _, key = keys.create(alice)
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 200
+    alice.is_active = False
+    alice.save()
+    assert client.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 401
+
+
+def test_createapikey_prints_a_working_key_and_names_a_missing_user(alice):
+    out = io.StringIO()
+    call_command("createapikey", "alice", stdout=out)
+    assert keys.find(out.getvalue().strip()).user == alice
+    with pytest.raises(CommandError, match="no user 'nobody'"):
+        call_command("createapikey", "nobody")
+
+
+def test_the_admin_shows_each_key_s_usage_and_creates_one_shown_once(admin_client, alice):
+    row, key = keys.create(alice, "usage")
+    keys.count_use(row, prompt_tokens=30, completion_tokens=12)
+    page = admin_client.get("/admin/api/apikey/").content.decode()
+    assert row.prefix in page and ">30<" in page and ">12<" in page and key not in page
+    response = admin_client.post("/admin/api/apikey/add/", {"user": alice.pk, "name": "from admin"}, follow=True)
+    shown = re.search(r"(sk-[A-Za-z0-9_-]{20,})", response.content.decode()).group(1)
+    assert keys.find(shown).name == "from admin"
+
+
+def test_a_user_has_at_most_twenty_active_keys(client, alice):
+    for _ in range(keys.MAX_KEYS_PER_USER):
+        keys.create(alice)
+    client.force_login(alice)
+    page = client.post("/settings/api-keys/", {"name": "one more"}, follow=True).content.decode()
+    assert "revoke one first" in page and ApiKey.objects.filter(user=alice).count() == keys.MAX_KEYS_PER_USER
+
+
+def test_the_daily_token_quota_counts_api_calls_too(client, alice, tiny_model, settings):
+    from chat.models import Conversation, Message
+
+    settings.CHAT_DAILY_TOKEN_QUOTA = 10
+    conversation = Conversation.objects.create(user=alice, source="api", model=tiny_model)
+    Message.objects.create(conversation=conversation, role="assistant", prompt_tokens=8, completion_tokens=5)
+    _, key = keys.create(alice)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+    response = client.post(
+        "/v1/chat/completions", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}"
+    )
+    assert response.status_code == 429 and int(response["Retry-After"]) > 0
+    assert response.json()["error"]["code"] == "insufficient_quota"
+    assert "daily token quota (13 of 10" in response.json()["error"]["message"]
+
+
+def test_api_calls_are_logged_but_not_listed_or_continued_on_the_chat_page(client, alice, tiny_model):
+    from chat import turns
+    from chat.models import Conversation
+
+    api_call = Conversation.objects.create(user=alice, source="api", title="from a script", model=tiny_model)
+    client.force_login(alice)
+    assert "from a script" not in client.get("/api/conversations/").content.decode()
+    assert client.get(f"/c/{api_call.pk}/").status_code == 404
+    with pytest.raises(turns.TurnError) as error:
+        turns.start_turn(alice, api_call.pk, "continue it", None, None)
+    assert error.value.code == "not_found"

@@ -1,0 +1,175 @@
+"""Moderation rules: each action on input and output, matches split across deltas, Unicode
+tricks, catastrophic and invalid patterns, and the review queue."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from moderation.checks import check_input, current_rules
+from moderation.matching import RuleSet, masked
+from moderation.models import Event, Rule
+from moderation.streaming import OutputFilter
+
+pytestmark = pytest.mark.django_db
+
+
+def rule(pattern, action="mask", kind="keyword", applies_to="both", **extra) -> Rule:
+    return Rule.objects.create(
+        name=f"{action} {pattern}", pattern=pattern, kind=kind, applies_to=applies_to, action=action, **extra
+    )
+
+
+def stream(text: str, rules: RuleSet, pieces: int = 1) -> tuple[list[str], str, bool]:
+    """Feed `text` to an output filter `pieces` characters at a time, the way the worker flushes;
+    returns every shown prefix, the final text and whether a block ended it."""
+    view = OutputFilter(rules)
+    shown, prefixes = "", []
+    for end in range(pieces, len(text) + pieces, pieces):
+        visible, blocked = view.view(text[:end], min(end, len(text)), final=False)
+        if blocked:
+            return prefixes, visible, True
+        assert visible.startswith(shown), (visible, shown)
+        shown = visible
+        prefixes.append(shown)
+    final, blocked = view.view(text, len(text), final=True)
+    assert final.startswith(shown)
+    return prefixes, final, blocked
+
+
+def test_input_block_flag_and_mask_each_do_their_action():
+    rule("forbidden plan", action="block", category="violence")
+    rule("gossip", action="flag")
+    rule("secret", action="mask", replacement="[hidden]")
+    blocked = check_input("Here is my Forbidden   Plan for today")
+    assert blocked.block is not None and "violence" in blocked.refusal
+    flagged = check_input("Some gossip about the neighbours")
+    assert flagged.block is None and flagged.text == "Some gossip about the neighbours"
+    assert [r["action"] for r in flagged.records] == ["flag"]
+    hidden = check_input("my secret is 42, SECRET!")
+    assert hidden.text == "my [hidden] is 42, [hidden]!"
+
+
+def test_keywords_match_whole_words_only():
+    rule("ass")
+    rule("café")
+    rules = current_rules()
+    assert rules.find("a class of grass", "input") == []
+    assert masked("Kick ass.", rules.find("Kick ass.", "input")) == "Kick [removed]."
+    assert masked("un CAFÉ noir", rules.find("un CAFÉ noir", "input")) == "un [removed] noir"
+
+
+@pytest.mark.parametrize(
+    "trick",
+    ["ＳＥＣＲＥＴ", "s\u200becret", "se\u00adcret", "ѕесrеt", "SeCrEt", "s\u200d\u200de\ufeffcret"],
+    ids=["full-width", "zero-width-space", "soft-hyphen", "cyrillic-lookalikes", "mixed-case", "joiners-and-bom"],
+)
+def test_unicode_tricks_do_not_hide_a_word(trick):
+    rule("secret")
+    text = f"the {trick} code"
+    assert masked(text, current_rules().find(text, "output")) == "the [removed] code"
+
+
+def test_rules_apply_only_where_they_are_meant_to():
+    rule("apples", applies_to="input")
+    rule("pears", applies_to="output")
+    rules = current_rules()
+    assert [m.text for m in rules.find("apples and pears", "input")] == ["apples"]
+    assert [m.text for m in rules.find("apples and pears", "output")] == ["pears"]
+    for row in Rule.objects.all():
+        row.enabled = False
+        row.save()  # as the admin does: saving a rule reloads the rules at once
+    assert current_rules().find("apples and pears", "input") == []
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 3, 7])
+def test_a_masked_word_never_shows_even_split_across_deltas(pieces):
+    rule("lighthouse keeper", replacement="***")
+    text = "Marta is the lighthouse   keeper of Saltglass, the LIGHTHOUSE keeper."
+    prefixes, final, blocked = stream(text, current_rules(), pieces)
+    assert not blocked
+    assert final == "Marta is the *** of Saltglass, the ***."
+    for prefix in prefixes:
+        assert "lighthouse" not in prefix.lower() and "keeper" not in prefix.lower(), prefix
+
+
+def test_a_keyword_at_the_end_waits_for_the_next_token():
+    rule("bad")
+    view = OutputFilter(current_rules())
+    assert view.view("this is bad", 11, final=False)[0] == "this is "  # "bad" or "badge"?
+    assert view.view("this is badge", 13, final=False)[0] == "this is bad"  # held: 2 characters
+    assert view.view("this is badge.", 14, final=True) == ("this is badge.", False)
+
+
+def test_an_output_block_ends_the_reply_before_the_match_and_is_recorded():
+    rule("launch codes", action="block", category="security")
+    rule("password", action="mask")
+    prefixes, final, blocked = stream("Your password: hunter2. The launch codes are 1234.", current_rules(), 3)
+    assert blocked and final == "Your [removed]: hunter2. The "
+    assert all("launch" not in p for p in prefixes)
+
+
+def test_regular_expressions_are_caught_within_the_stream_window(settings):
+    settings.MODERATION_STREAM_WINDOW = 32
+    rule(r"\b\d{3}-\d{2}-\d{4}\b", kind="regex", replacement="[ssn]")
+    prefixes, final, _ = stream("My number is 123-45-6789, call me.", current_rules(), 2)
+    assert final == "My number is [ssn], call me."
+    assert all("123-45" not in p and "45-6789" not in p for p in prefixes)
+
+
+def test_a_catastrophic_pattern_matches_in_linear_time():
+    rule("(a+)+$", kind="regex")
+    text = "a" * 200_000 + "!"  # Python's re would backtrack for longer than the test's timeout
+    assert current_rules().find(text, "input") == []
+
+
+@pytest.mark.parametrize(
+    "pattern, says",
+    [
+        ("(?<=a)b", "look-around"),
+        ("(a)\\1", "back-references"),
+        ("a*", "matches empty text"),
+        ("(unclosed", "Not a valid regular expression"),
+    ],
+)
+def test_a_bad_regular_expression_is_refused_when_saved(pattern, says):
+    bad = Rule(name="bad", pattern=pattern, kind="regex", action="flag")
+    with pytest.raises(ValidationError) as error:
+        bad.full_clean()
+    assert says in str(error.value)
+
+
+def test_flags_and_blocks_wait_for_review_and_masks_are_only_logged(alice, admin_client):
+    from moderation import events
+
+    rule("gossip", action="flag")
+    rule("secret", action="mask")
+    outcome = check_input("gossip and a secret")
+    created = events.record(outcome.records, source="chat", user=alice)
+    assert sorted((e.action, e.status) for e in created) == [("flag", "pending"), ("mask", "logged")]
+    page = admin_client.get("/admin/moderation/event/?status__exact=pending")
+    assert page.status_code == 200 and b"gossip" in page.content
+    response = admin_client.post(
+        "/admin/moderation/event/",
+        {"action": "dismiss", "_selected_action": [e.pk for e in created]},
+        follow=True,
+    )
+    assert b"1 event(s) dismissed" in response.content
+    assert Event.objects.filter(status="dismissed").count() == 1
+
+
+def test_the_rule_form_shows_why_a_pattern_is_refused(admin_client):
+    response = admin_client.post(
+        "/admin/moderation/rule/add/",
+        {
+            "name": "x",
+            "kind": "regex",
+            "pattern": "(?=x)",
+            "applies_to": "both",
+            "action": "block",
+            "replacement": "[removed]",
+            "enabled": "on",
+        },  # fmt: skip
+    )
+    assert response.status_code == 200 and b"look-around" in response.content
+    assert not Rule.objects.exists()
