@@ -343,6 +343,9 @@ def stack_run(tokens: int, users: int, turns: int) -> dict:
             "CHAT_RATE_LIMIT": "0",
             "API_RATE_LIMIT": "0",
             "CHAT_MAX_ACTIVE_PER_USER": str(2 * users + 2),
+            # Room for the API run's users + users // 2 replies at once in llama.cpp's slots (the
+            # 8-user runs use 8 of them; the KV pool is shared, so idle slots cost nothing).
+            "INFERENCE_LLAMACPP_PARALLEL": str(users + users // 2),
             "LOG_LEVEL": "WARNING",
         }
         stack = LiveStack(Path(tmp), workers=1, extra_env=env)

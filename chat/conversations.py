@@ -137,6 +137,15 @@ def delete_conversation(conversation: Conversation) -> None:
     conversation.save(update_fields=["deleted_at"])
 
 
+def delete_all(user) -> int:
+    """Delete every conversation of the user's chat page (kept for the logs, like one)."""
+    count = 0
+    for conversation in Conversation.objects.on_chat_page().filter(user=user):
+        delete_conversation(conversation)
+        count += 1
+    return count
+
+
 def conversation_json(conversation: Conversation) -> dict:
     return {
         "id": conversation.pk,

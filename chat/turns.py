@@ -22,6 +22,17 @@ from .rendering import render_markdown
 TITLE_CHARS = 60
 
 
+def initial_title(content: str) -> str:
+    """The first message, cut at a word boundary (with an ellipsis) to TITLE_CHARS characters."""
+    text = " ".join(content.split())
+    if len(text) <= TITLE_CHARS:
+        return text or "New chat"
+    cut = text[: TITLE_CHARS - 1]
+    if " " in cut and not text[TITLE_CHARS - 1].isspace():
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:.-") + "…"
+
+
 class TurnError(Exception):
     """A refused request; `code` and `message` go to the client in a chat.error frame."""
 
@@ -288,7 +299,7 @@ def start_turn(user, conversation_id, content, model_slug, params, system_prompt
         in_force = (system_prompt if system_prompt is not None else saved_prompt) or model.system_prompt
         _check_prompt_length(content, in_force, model)
         if conversation is None:
-            title = " ".join(content.split())[:TITLE_CHARS] or "New chat"
+            title = initial_title(content)
             conversation = Conversation.objects.create(
                 user=user, title=title, model=model, system_prompt=system_prompt or ""
             )

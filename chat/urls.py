@@ -10,6 +10,12 @@ urlpatterns = [
     path("api/conversations/", views.conversation_list, name="conversation_list"),
     path("api/conversations/<int:conversation_id>/", views.conversation_update, name="conversation_update"),
     path("api/conversations/<int:conversation_id>/delete/", views.conversation_delete, name="conversation_delete"),
+    path("api/conversations/delete-all/", views.conversation_delete_all, name="conversation_delete_all"),
+    path(
+        "c/<int:conversation_id>/export.<str:fmt>",
+        views.conversation_export,
+        name="conversation_export",
+    ),
     path(
         "api/conversations/<int:conversation_id>/messages/",
         views.conversation_messages,

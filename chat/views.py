@@ -3,7 +3,7 @@
 import json
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
@@ -11,7 +11,7 @@ from inference import sampling
 from inference.models import LanguageModel
 from presets import prompts
 
-from . import conversations, feedback, limits, replies
+from . import conversations, feedback, limits, replies, transcripts
 from .models import Message
 
 
@@ -104,6 +104,24 @@ def conversation_delete(request: HttpRequest, conversation_id: int) -> JsonRespo
     conversation = conversations.get_owned_conversation(request.user, conversation_id)
     conversations.delete_conversation(conversation)
     return JsonResponse({"deleted": conversation_id})
+
+
+@login_required
+@require_POST
+def conversation_delete_all(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"deleted": conversations.delete_all(request.user)})
+
+
+@login_required
+@require_GET
+def conversation_export(request: HttpRequest, conversation_id: int, fmt: str) -> HttpResponse:
+    conversation = conversations.get_owned_conversation(request.user, conversation_id)
+    if fmt not in transcripts.FORMATS:
+        raise Http404("Export as .md or .json.")
+    content_type, render_as = transcripts.FORMATS[fmt]
+    response = HttpResponse(render_as(conversation), content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{transcripts.filename(conversation, fmt)}"'
+    return response
 
 
 @login_required

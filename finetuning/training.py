@@ -228,7 +228,10 @@ def train(job: Job, model, tokenizer, train_rows: list, eval_rows: list, device:
         # Steps after the checkpoint are trained again: their rows are replaced, not doubled.
         JobMetric.objects.filter(job=job, step__gt=int(Path(last).name.rsplit("-", 1)[-1])).delete()
         job.log(f"Resuming from {Path(last).name}.")
-    result = trainer.train(resume_from_checkpoint=last)
+    import torch
+
+    with torch.enable_grad():  # whatever grad mode this thread was left in
+        result = trainer.train(resume_from_checkpoint=last)
     metrics = result.metrics or {}
     runtime = float(metrics.get("train_runtime", 0.0))
     seen = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)

@@ -238,7 +238,6 @@ def choose_dtype(dtype: str, device: str):
 
 def load_model(spec: ModelSpec, model_dir: Path):
     """Load (model, tokenizer) for a spec, in eval mode on its device. Raises ModelLoadError."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     location = resolve_location(spec, model_dir)
@@ -256,8 +255,7 @@ def load_model(spec: ModelSpec, model_dir: Path):
             )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load model {spec.slug!r} from {location!r}: {exc}") from exc
-    model.to(device).eval()
-    torch.set_grad_enabled(False)
+    model.to(device).eval()  # generation runs under torch.inference_mode() (BatchEngine.step)
     logger.info(
         "Loaded %s from %s on %s as %s in %.1f s", spec.slug, location, device, dtype, time.monotonic() - started
     )

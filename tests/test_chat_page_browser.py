@@ -342,3 +342,21 @@ def test_a_conversation_whose_model_was_disabled_says_so_and_offers_the_default(
     wait_finished(reply)
     expect(reply).to_have_attribute("data-status", "complete")
     expect(reply.locator(".message-meta")).to_contain_text("tiny")
+
+
+def test_a_conversation_exports_as_markdown_and_json_and_delete_all_empties_the_list(page, stack):
+    stream_scripted_reply(page, stack)
+    with page.expect_download() as md:
+        page.get_by_test_id("export-md").click()
+    text = open(md.value.path(), encoding="utf-8").read()
+    assert text.startswith("# ") and "".join(REPLY) in text
+    with page.expect_download() as js:
+        page.get_by_test_id("export-json").click()
+    data = json.loads(open(js.value.path(), encoding="utf-8").read())
+    assert data["messages"][-1]["content"] == "".join(REPLY) and md.value.suggested_filename.endswith(".md")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_test_id("delete-all").click()
+    page.wait_for_url(re.compile(r"/$"))
+    expect(page.get_by_test_id("conversation-item")).to_have_count(0)
+    expect(page.locator("#conversation-empty")).to_be_visible()

@@ -633,6 +633,17 @@
     }).catch(function () { showError("Could not delete the conversation (network error)."); });
   }
 
+  var deleteAllButton = document.getElementById("delete-all");
+  if (deleteAllButton) {
+    deleteAllButton.addEventListener("click", function () {
+      if (!window.confirm("Delete all your conversations? This cannot be undone.")) return;
+      postJSON("/api/conversations/delete-all/", {}).then(function (result) {
+        if (!result.ok) { showError("Could not delete them (HTTP " + result.status + ")."); return; }
+        window.location.href = "/";
+      }).catch(function () { showError("Could not delete the conversations (network error)."); });
+    });
+  }
+
   els.list.addEventListener("click", function (event) {
     var button = event.target.closest("button");
     if (!button) return;
