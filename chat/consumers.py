@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from importlib import import_module
 
 from channels.db import database_sync_to_async
@@ -24,7 +25,7 @@ from inference import streams
 from inference.protocol import Done
 from presets import quotas
 
-from . import live, replies, turns
+from . import live, replies, sync, turns
 from .models import Message
 
 logger = logging.getLogger(__name__)
@@ -38,21 +39,28 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.user = self.scope.get("user")
         self.forwarders: dict[int, asyncio.Task] = {}
         self.closed = False
+        self.socket_id = uuid.uuid4().hex
+        self.sync_task: asyncio.Task | None = None
         await self.accept()
         if self.user is None or not self.user.is_authenticated:
-            await self.refuse()
+            return await self.refuse()
+        self.sync_task = asyncio.create_task(self._follow_user_events())
 
     async def refuse(self) -> None:
         """Close with 4401 (not logged in); later frames are ignored."""
         self.closed = True
         for task in self.forwarders.values():
             task.cancel()
+        if self.sync_task is not None:
+            self.sync_task.cancel()
         await self.close(code=4401)
 
     async def disconnect(self, code) -> None:
         self.closed = True
         for task in getattr(self, "forwarders", {}).values():
             task.cancel()
+        if getattr(self, "sync_task", None) is not None:
+            self.sync_task.cancel()
 
     async def receive(self, text_data=None, bytes_data=None) -> None:
         if self.closed:
@@ -165,8 +173,30 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await database_sync_to_async(replies.end)(turn.reply.pk, content="", done=done)
             raise
         await database_sync_to_async(turns.drop_replaced)(turn)
-        await self.send_json(turn.started_frame())
+        started = turn.started_frame()
+        await self.send_json(started)
         self.forward(turn.reply.pk, 0)
+        # The user's other tabs show it too, with its Stop button (chat.sync "started").
+        event = {k: v for k, v in started.items() if k != "type"}
+        event |= {"event": "started", "origin": self.socket_id, "replaces": turn.replaces}
+        event.setdefault("user_content", turn.user_message.content)
+        await sync.apublish(self.user.pk, event)
+
+    async def _follow_user_events(self) -> None:
+        """Forward what the user's other tabs (and HTTP calls) did, as chat.sync frames."""
+        try:
+            after = await sync.last_id(self.user.pk)
+        except RedisError:
+            after = "0-0"
+        while not self.closed:
+            try:
+                after, events = await sync.read(self.user.pk, after, block_ms=5000)
+            except RedisError:
+                await asyncio.sleep(1)
+                continue
+            for event in events:
+                if event.get("origin") != self.socket_id:
+                    await self.send_json({"type": "chat.sync", **{k: v for k, v in event.items() if k != "origin"}})
 
     def forward(self, message_id: int, after: int) -> None:
         previous = self.forwarders.pop(message_id, None)

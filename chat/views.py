@@ -11,7 +11,7 @@ from inference import sampling
 from inference.models import LanguageModel
 from presets import prompts
 
-from . import conversations, feedback, limits, replies, transcripts
+from . import conversations, feedback, limits, replies, sync, transcripts
 from .models import Message
 
 
@@ -95,6 +95,10 @@ def conversation_update(request: HttpRequest, conversation_id: int) -> JsonRespo
     result = conversations.update_conversation(conversation, data)
     if result.errors:
         return JsonResponse({"errors": result.errors}, status=400)
+    if "title" in data:  # every tab's sidebar follows
+        sync.publish(
+            request.user.pk, {"event": "renamed", "conversation": conversation.pk, "title": result.conversation.title}
+        )
     return JsonResponse({"conversation": conversations.conversation_json(result.conversation)})
 
 
@@ -103,13 +107,16 @@ def conversation_update(request: HttpRequest, conversation_id: int) -> JsonRespo
 def conversation_delete(request: HttpRequest, conversation_id: int) -> JsonResponse:
     conversation = conversations.get_owned_conversation(request.user, conversation_id)
     conversations.delete_conversation(conversation)
+    sync.publish(request.user.pk, {"event": "deleted", "conversation": conversation.pk})
     return JsonResponse({"deleted": conversation_id})
 
 
 @login_required
 @require_POST
 def conversation_delete_all(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"deleted": conversations.delete_all(request.user)})
+    count = conversations.delete_all(request.user)
+    sync.publish(request.user.pk, {"event": "deleted_all"})
+    return JsonResponse({"deleted": count})
 
 
 @login_required

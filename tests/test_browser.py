@@ -522,3 +522,39 @@ def test_a_reply_whose_worker_dies_is_shown_as_interrupted(page, stack):
         assert body_text(reply)
     finally:
         stack.start_worker(0)
+
+
+def test_two_tabs_of_one_user_stay_in_sync(page, stack):
+    """Send in one tab: the other shows the message and the streaming reply, and can stop it;
+    a rename and a new conversation reach the other tab's sidebar."""
+    other = page.context.new_page()  # the same browser session: the user's second tab
+    new_chat(page, max_tokens=600)
+    wait_finished(send(page, "Say hi."))
+    conversation = conversation_id(page)
+    other.goto(f"/c/{conversation}/")
+    wait_connected(other)
+
+    reply = send(page, LONG_PROMPT)
+    mirrored = message_by_id(other, reply.get_attribute("data-message-id"))
+    wait_for_text(mirrored, 20)
+    expect(other.locator('[data-testid="message"][data-role="user"]').last).to_have_text(re.compile("dragon"))
+    other.get_by_test_id("stop").click()
+    expect(reply).to_have_attribute("data-status", "stopped", timeout=30_000)
+    expect(mirrored).to_have_attribute("data-status", "stopped", timeout=30_000)
+
+    token = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+    page.request.post(
+        f"/api/conversations/{conversation}/",
+        data=json.dumps({"title": "Renamed in one tab"}),
+        headers={"X-CSRFToken": token, "Content-Type": "application/json", "Referer": stack.url},
+    )
+    item = other.locator(f'[data-testid="conversation-item"][data-conversation-id="{conversation}"]')
+    expect(item.get_by_test_id("conversation-link")).to_have_text("Renamed in one tab")
+    expect(other.get_by_test_id("conversation-title")).to_have_text("Renamed in one tab")
+
+    page.goto("/")
+    wait_connected(page)
+    wait_finished(send(page, "A brand new chat."))
+    fresh = conversation_id(page)
+    expect(other.locator(f'[data-testid="conversation-item"][data-conversation-id="{fresh}"]')).to_be_visible()
+    other.close()

@@ -30,9 +30,14 @@ def generating_reply(user) -> Message:
     model = LanguageModel.objects.create(name="Scripted", slug="scripted", location="/models/scripted")
     conversation = Conversation.objects.create(user=user, title="Live", model=model)
     Message.objects.create(conversation=conversation, role=Message.Role.USER, content="Show me")
-    return Message.objects.create(
+    reply = Message.objects.create(
         conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.GENERATING, model=model
     )
+    # Ids repeat across tests (each starts from an empty database) while Redis keeps an earlier
+    # test's stream under the same request id: start from a clean one, as streams.enqueue does.
+    request_id = replies.request_id(reply.pk)
+    streams.client().delete(streams.stream_key(request_id), streams.stop_key(request_id))
+    return reply
 
 
 def write(message: Message, start_seq: int, pieces: list[str], *, done: bool = False) -> None:

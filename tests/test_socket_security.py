@@ -165,6 +165,9 @@ async def test_content_with_a_nul_character_is_answered_and_the_socket_stays_usa
 
 
 async def test_content_of_exactly_the_limit_is_accepted(alice, tiny_model, settings):
+    # A model whose input limit holds it (the tiny one takes 512 tokens; this is about 5,000).
+    tiny_model.max_input_tokens = 8192
+    await database_sync_to_async(tiny_model.save)()
     ws, _ = await connect(alice)
     await send(ws, {"type": "chat.send", "content": "z" * settings.CHAT_MAX_MESSAGE_CHARS})
     frame = await receive(ws, timeout=10)

@@ -1241,7 +1241,44 @@
       case "chat.delta": appendDelta(frame); break;
       case "chat.done": finishMessage(frame); break;
       case "chat.error": onError(frame); break;
+      case "chat.sync": onSync(frame); break;
       default: break;
+    }
+  }
+
+  // What the user's other tabs did (docs/protocol.md, chat.sync): the sidebar follows, and a
+  // reply started elsewhere in the conversation shown here streams here too, Stop included.
+  function onSync(frame) {
+    var id = Number(frame.conversation);
+    if (frame.event === "started") {
+      touchConversation(id, frame.title);
+      if (id !== state.conversation || messageElement(frame.message)) return;
+      if (frame.replaces != null) {
+        var replaced = messageElement(frame.replaces);
+        if (replaced) replaced.remove();
+      }
+      if (frame.user_message != null && !messageElement(frame.user_message)) {
+        bodyOf(createMessage(frame.user_message, "user")).textContent = frame.user_content || "";
+      }
+      var assistant = createMessage(frame.message, "assistant", modelName(frame.model));
+      setGeneratingLook(assistant);
+      state.lastSeq[frame.message] = 0;
+      state.generating = Number(frame.message);
+      transmit({ type: "chat.resume", message: Number(frame.message), after: 0 });
+      announce("A reply started in another tab…");
+      scrollToBottom(true);
+      updateControls();
+    } else if (frame.event === "renamed") {
+      setTitle(id, frame.title);
+    } else if (frame.event === "deleted") {
+      var item = conversationItem(id);
+      if (item) item.remove();
+      els.listEmpty.hidden = els.list.children.length > 0;
+      if (id === state.conversation) showError("This conversation was deleted in another tab.");
+    } else if (frame.event === "deleted_all") {
+      els.list.innerHTML = "";
+      els.listEmpty.hidden = false;
+      if (state.conversation) showError("Your conversations were deleted in another tab.");
     }
   }
 
