@@ -345,6 +345,9 @@ API_RATE_LIMIT = env_int("API_RATE_LIMIT", 120, minimum=0)
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1_000_000, minimum=1000)
 API_MAX_CHOICES = env_int("API_MAX_CHOICES", 4, minimum=1)
 
+# Redis connections one web process may open (each websocket holds up to two blocking reads).
+REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 5000, minimum=10)
+
 # Moderation: a rule saved in the admin applies in every process within this many seconds.
 MODERATION_RELOAD_S = env_int("MODERATION_RELOAD_S", 2, minimum=0)
 # Output rules with regular expressions: the streamed tail held back so a match of up to this

@@ -142,8 +142,15 @@ def async_client() -> aredis.Redis:
     loop = asyncio.get_running_loop()
     conn = _async_clients.get(id(loop))
     if conn is None:
-        # Reads block for up to 2 s (XREAD BLOCK); the socket timeout must stay well above that.
-        conn = aredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5, socket_timeout=30)
+        # Reads block for up to 5 s (XREAD BLOCK); the socket timeout must stay well above that.
+        # Each websocket holds up to two blocking reads (its reply's stream and the user's tab
+        # events), so the pool must hold more than redis-py's default 100 connections.
+        conn = aredis.Redis.from_url(
+            settings.REDIS_URL,
+            socket_connect_timeout=5,
+            socket_timeout=30,
+            max_connections=settings.REDIS_MAX_CONNECTIONS,
+        )
         _async_clients[id(loop)] = conn
     return conn
 
