@@ -21,7 +21,7 @@ from django.db import transaction
 from django.http import JsonResponse, StreamingHttpResponse
 from redis.exceptions import RedisError
 
-from chat import replies
+from chat import replies, turns
 from chat.models import Conversation, Message
 from chat.rendering import render_markdown
 from inference import sampling, streams
@@ -187,6 +187,9 @@ def prepare(user, body: dict) -> Call:
             if m["role"] != "system"
         ]
         Message.objects.bulk_create(stored)
+        for previous, message in zip(stored, stored[1:], strict=False):  # one branch, as on the chat page
+            message.parent = previous
+        Message.objects.bulk_update(stored[1:], ["parent"])
         last_stored = Message.objects.filter(conversation=conversation, role="user").order_by("-id").first()
         moderation_events.record(records, source="api", user=user, conversation=conversation, message=last_stored)
         call = Call(
@@ -201,22 +204,13 @@ def prepare(user, body: dict) -> Call:
                 params["seed"] = params["seed"] + index  # n different choices, each reproducible
             reply = Message.objects.create(
                 conversation=conversation,
+                parent=stored[-1] if stored else None,
                 role=Message.Role.ASSISTANT,
                 status=Message.Status.QUEUED,
                 model=model,
                 params=params,
             )
-            call.requests.append(
-                Request(
-                    id=replies.request_id(reply.pk),
-                    model=model.slug,
-                    messages=messages,
-                    sampling=params,
-                    max_input_tokens=model.max_input_tokens,
-                    sink=replies.SINK,
-                    user=str(user.pk),
-                )
-            )
+            call.requests.append(turns.build_request(reply, messages))
     return call
 
 
@@ -259,48 +253,54 @@ async def events(call: Call):
     """(choice, text, done) as they come, for every choice, until all are done."""
     choices = [Choice(i, rid) for i, rid in enumerate(call.request_ids)]
     quiet_since = time.monotonic()
-    while any(c.done is None for c in choices):
-        waiting = {streams.stream_key(c.request_id): streams.entry_id(c.last_seq) for c in choices if c.done is None}
-        result = await streams.async_client().xread(waiting, block=1000, count=500)
-        by_key = {c.request_id: c for c in choices}
-        for key, items in result or []:
-            request_id = (key.decode() if isinstance(key, bytes) else key).split(":", 2)[-1]
-            choice = by_key.get(request_id)
-            if choice is None:
+    by_id = {c.request_id: c for c in choices}
+
+    def take(entries):
+        for request_id, seq, kind, data in entries:
+            choice = by_id[request_id]
+            if choice.done is not None:
+                continue  # nothing follows a `done`
+            choice.last_seq = seq
+            if kind == "done":
+                choice.done = data
+                yield choice, "", data
                 continue
-            for eid, fields in items:
-                choice.last_seq = streams.seq_of(eid)
-                kind, data = streams.decode_entry(fields)
-                if kind == "done":
-                    choice.done = data
-                    yield choice, "", data
-                    break
-                choice.text += data["text"]
-                yield choice, data["text"], None
-        if result:
+            choice.text += data["text"]
+            yield choice, data["text"], None
+
+    while any(c.done is None for c in choices):
+        entries = await streams.read_many({c.request_id: c.last_seq for c in choices if c.done is None}, 1000)
+        for event in take(entries):
+            yield event
+        if entries:
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since > IDLE_CHECK_S:
             quiet_since = time.monotonic()
             for choice in choices:
                 if choice.done is None:
                     settled = await sync_to_async(_settle)(choice.request_id)
-                    if settled is not None:
+                    if settled is None:
+                        continue
+                    # It may have ended while we asked: its last deltas reached the stream before
+                    # its row was stored (its `done` comes after), so they go first.
+                    while choice.done is None and (
+                        rest := await streams.read_many({choice.request_id: choice.last_seq}, None)
+                    ):
+                        for event in take(rest):
+                            yield event
+                    if choice.done is None:
                         choice.done = settled
                         yield choice, "", settled
 
 
 def _settle(request_id: str) -> dict | None:
     """A quiet stream: reap the reply if its worker is gone; once ended, its end from the row."""
-    message = Message.objects.filter(pk=replies.message_id_of(request_id)).first()
+    ended = replies.settle_quiet_reply(replies.message_id_of(request_id))
+    if ended is None:
+        return None
+    message = ended.message
     if message is None:
         return {"finish_reason": "error", "error": "The reply was deleted.", "usage": {}}
-    if message.is_active:
-        replies.reap([message])
-        message.refresh_from_db()
-        if message.is_active:
-            return None
-    if streams.has_done(request_id):
-        return None
     return {
         "finish_reason": message.finish_reason or "error",
         "error": message.error,

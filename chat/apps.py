@@ -8,6 +8,8 @@ class ChatConfig(AppConfig):
     def ready(self) -> None:
         from inference import sinks
 
+        from . import titles
         from .replies import SINK, ChatSink
 
         sinks.register(SINK, ChatSink())
+        sinks.register(titles.SINK, titles.TitleSink())

@@ -14,7 +14,8 @@ import time
 import uuid
 from importlib import import_module
 
-from channels.db import database_sync_to_async
+from autobahn.exception import Disconnected  # what daphne raises on a send after the client left
+from channels.db import aclose_old_connections, database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 IDLE_CHECK_MS = 2000  # how long a quiet stream waits before asking the reaper
 MAX_FRAME_DEPTH = 8  # a frame nests 3 deep at most (frame → params → stop list)
+DB_DRAIN_S = 10  # how long a closing socket waits for its database calls in flight
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -40,27 +42,45 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.forwarders: dict[int, asyncio.Task] = {}
         self.closed = False
         self.socket_id = uuid.uuid4().hex
-        self.sync_task: asyncio.Task | None = None
+        self.sync_subscription: sync.Subscription | None = None
         await self.accept()
         if self.user is None or not self.user.is_authenticated:
             return await self.refuse()
-        self.sync_task = asyncio.create_task(self._follow_user_events())
+        self.sync_subscription = await sync.subscribe(self.user.pk, self._follow_user_events)
 
-    async def refuse(self) -> None:
-        """Close with 4401 (not logged in); later frames are ignored."""
-        self.closed = True
-        for task in self.forwarders.values():
-            task.cancel()
-        if self.sync_task is not None:
-            self.sync_task.cancel()
-        await self.close(code=4401)
+    async def __call__(self, scope, receive, send) -> None:
+        # However the socket ends (a disconnect, or its task cancelled by the server or a test
+        # client that stopped waiting), its background reads end with it: a reply's read left
+        # pending blocked the event loop's shutdown for the Redis socket timeout.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            forwarders = list(getattr(self, "forwarders", {}).values())
+            self._stop_background()
+            # Nothing of a socket may touch the database after its task ended (a late reap racing
+            # a test's table flush deadlocked PostgreSQL's TRUNCATE). So the socket's task waits
+            # for its forwarders to end (a cancel swallowed inside redis-py lets one run on to its
+            # next `closed` check), then for the database thread to finish what they queued (a
+            # cancelled call runs on in its thread: a no-op queued behind it).
+            if forwarders:
+                await _outlast(asyncio.wait(forwarders), DB_DRAIN_S)
+            await _outlast(aclose_old_connections(), DB_DRAIN_S)
 
-    async def disconnect(self, code) -> None:
+    def _stop_background(self) -> None:
         self.closed = True
         for task in getattr(self, "forwarders", {}).values():
             task.cancel()
-        if getattr(self, "sync_task", None) is not None:
-            self.sync_task.cancel()
+        if getattr(self, "sync_subscription", None) is not None:
+            sync.unsubscribe(self.sync_subscription)
+            self.sync_subscription = None
+
+    async def refuse(self) -> None:
+        """Close with 4401 (not logged in); later frames are ignored."""
+        self._stop_background()
+        await self.close(code=4401)
+
+    async def disconnect(self, code) -> None:
+        self._stop_background()
 
     async def receive(self, text_data=None, bytes_data=None) -> None:
         if self.closed:
@@ -101,14 +121,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "chat.send": self.on_send,
             "chat.stop": self.on_stop,
             "chat.regenerate": self.on_regenerate,
+            "chat.edit": self.on_edit,
             "chat.resume": self.on_resume,
         }.get(frame["type"] if isinstance(frame.get("type"), str) else None)
         if handler is None:
             return await self.error(
-                "unknown_type", "Unknown frame type; use chat.send, chat.stop, chat.regenerate or chat.resume."
+                "unknown_type",
+                "Unknown frame type; use chat.send, chat.stop, chat.regenerate, chat.edit or chat.resume.",
             )
         try:
-            if handler in (self.on_send, self.on_regenerate):
+            if handler in (self.on_send, self.on_regenerate, self.on_edit):
                 await self.check_rate()
             await handler(frame)
         except turns.TurnError as exc:
@@ -149,6 +171,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         turn = await database_sync_to_async(turns.regenerate)(self.user, frame.get("message"))
         await self.start(turn)
 
+    async def on_edit(self, frame: dict) -> None:
+        turn = await database_sync_to_async(turns.edit)(
+            self.user, frame.get("message"), frame.get("content"), frame.get("model"), frame.get("params")
+        )
+        await self.start(turn)
+
     async def on_stop(self, frame: dict) -> None:
         message = await database_sync_to_async(turns.owned_message)(self.user, frame.get("message"))
         if message.is_active:
@@ -171,6 +199,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             reason = "the server is too busy" if isinstance(exc, streams.QueueFull) else "Redis is down"
             done = Done("error", error=f"The reply could not be queued ({reason}). Send it again in a minute.")
             await database_sync_to_async(replies.end)(turn.reply.pk, content="", done=done)
+            await database_sync_to_async(turns.abandon)(turn)
             raise
         await database_sync_to_async(turns.drop_replaced)(turn)
         started = turn.started_frame()
@@ -178,25 +207,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.forward(turn.reply.pk, 0)
         # The user's other tabs show it too, with its Stop button (chat.sync "started").
         event = {k: v for k, v in started.items() if k != "type"}
-        event |= {"event": "started", "origin": self.socket_id, "replaces": turn.replaces}
+        event |= {"event": "started", "origin": self.socket_id}
         event.setdefault("user_content", turn.user_message.content)
         await sync.apublish(self.user.pk, event)
 
-    async def _follow_user_events(self) -> None:
-        """Forward what the user's other tabs (and HTTP calls) did, as chat.sync frames."""
-        try:
-            after = await sync.last_id(self.user.pk)
-        except RedisError:
-            after = "0-0"
-        while not self.closed:
-            try:
-                after, events = await sync.read(self.user.pk, after, block_ms=5000)
-            except RedisError:
-                await asyncio.sleep(1)
-                continue
-            for event in events:
-                if event.get("origin") != self.socket_id:
-                    await self.send_json({"type": "chat.sync", **{k: v for k, v in event.items() if k != "origin"}})
+    async def _follow_user_events(self, event: dict) -> None:
+        """Forward what the user's other tabs (and HTTP calls) did, as chat.sync frames (called by
+        the process's one reader of user events, chat.sync.UserEvents)."""
+        if not self.closed and event.get("origin") != self.socket_id:
+            await self.send_json({"type": "chat.sync", **{k: v for k, v in event.items() if k != "origin"}})
 
     def forward(self, message_id: int, after: int) -> None:
         previous = self.forwarders.pop(message_id, None)
@@ -217,34 +236,42 @@ class ChatConsumer(AsyncWebsocketConsumer):
         block_ms = None
         failures = 0
         try:
-            while True:
+            # Checked on every pass, not only through cancellation: a cancel that lands while
+            # redis-py opens a connection can be swallowed (asyncio.wait_for on Python 3.11), and
+            # the loop then read on until the reply ended, holding the event loop's shutdown.
+            while not self.closed:
                 try:
                     if needs_prefix:
                         rendering.add(await live.text_until(request_id, after))
                         needs_prefix = False
                     entries = await streams.read_after(request_id, last, block_ms)
+                    if self.closed:
+                        return  # closed meanwhile (its cancel may have been swallowed): no database call
                     block_ms = IDLE_CHECK_MS
-                    for index, (seq, kind, data) in enumerate(entries):
-                        last = seq
-                        if kind == "done":
-                            await self.send_json(await database_sync_to_async(_done_frame)(message_id))
-                            return
-                        frame = {"type": "chat.delta", "message": message_id, "seq": seq, "text": data["text"]}
-                        rendering.add(data["text"])
-                        if index == len(entries) - 1 or entries[index + 1][1] == "done":
-                            frame["html"] = await rendering.render()
-                        await self.send_json(frame)
+                    last, ended = await self._send_entries(message_id, entries, last, rendering)
+                    if ended:
+                        return
                     if entries:
                         await asyncio.sleep(rendering.pause_s)  # later deltas pile up: one render for them
                         quiet_since = time.monotonic()
                     elif time.monotonic() - quiet_since >= IDLE_CHECK_MS / 1000:
                         done = await database_sync_to_async(_settle)(message_id)
                         if done is not None:
+                            # It may have ended while we asked: its last deltas reached the stream
+                            # before its row was stored (its `done` comes after), so send them first.
+                            while entries := await streams.read_after(request_id, last, None):
+                                last, ended = await self._send_entries(message_id, entries, last, rendering)
+                                if ended:
+                                    return
                             await self.send_json(done)
                             return
                         quiet_since = time.monotonic()
                     failures = 0
                 except RedisError:
+                    if self.closed:
+                        # The socket is gone (its reads were cancelled at shutdown, which the
+                        # Redis client can report as a connection error): nobody to retry for.
+                        return
                     # Redis restarting: retry for about half a minute, then tell the client.
                     failures += 1
                     if failures > 30:
@@ -260,11 +287,49 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if self.forwarders.get(message_id) is asyncio.current_task():
                 del self.forwarders[message_id]
 
+    async def _send_entries(self, message_id: int, entries, last: int, rendering) -> tuple[int, bool]:
+        """Send these stream entries as frames; the last delta of the batch carries the rendering.
+        Returns the last seq sent and whether the reply's `done` was among them (and sent)."""
+        for index, (seq, kind, data) in enumerate(entries):
+            last = seq
+            if kind == "done":
+                await self.send_json(await database_sync_to_async(_done_frame)(message_id))
+                return last, True
+            frame = {"type": "chat.delta", "message": message_id, "seq": seq, "text": data["text"]}
+            rendering.add(data["text"])
+            if index == len(entries) - 1 or entries[index + 1][1] == "done":
+                frame["html"] = await rendering.render()
+            await self.send_json(frame)
+        return last, False
+
     async def send_json(self, data: dict) -> None:
-        await self.send(text_data=json.dumps(data))
+        if self.closed:
+            return
+        try:
+            await self.send(text_data=json.dumps(data))
+        except Disconnected:
+            # The client went away before daphne delivered its disconnect: a race, not a fault.
+            self._stop_background()
 
     async def error(self, code: str, message: str, message_id=None) -> None:
         await self.send_json({"type": "chat.error", "code": code, "message": message, "message_id": message_id})
+
+
+async def _outlast(awaitable, timeout: float) -> None:
+    """Await `awaitable` for up to `timeout` seconds even through cancellation (the server, or a
+    test client that stopped waiting, may cancel the socket's task, even twice); a cancel received
+    meanwhile is raised afterwards."""
+    waiter = asyncio.ensure_future(asyncio.wait_for(awaitable, timeout))
+    cancelled = False
+    while not waiter.done():
+        try:
+            await asyncio.shield(waiter)
+        except asyncio.CancelledError:
+            cancelled = True
+    if waiter.exception() is not None:
+        logger.warning("the database thread did not finish a closed socket's work: %r", waiter.exception())
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _session_valid(scope) -> bool:
@@ -335,14 +400,7 @@ def _done_frame(message_id: int) -> dict:
 def _settle(message_id: int) -> dict | None:
     """For a quiet stream: reap the reply if its worker is gone; if it has ended (and its stream
     expired or was reaped meanwhile), return its done frame from the database."""
-    message = Message.objects.visible().filter(pk=message_id).first()
-    if message is None:
-        return _deleted_frame(message_id)
-    if message.is_active:
-        replies.reap([message])
-        message.refresh_from_db()
-        if message.is_active:
-            return None
-    if streams.has_done(replies.request_id(message_id)):
-        return None  # the forwarder reads it on its next pass
-    return replies.done_frame(message)
+    ended = replies.settle_quiet_reply(message_id, visible_only=True)
+    if ended is None:
+        return None  # still generating, or the forwarder reads its `done` on its next pass
+    return _deleted_frame(message_id) if ended.message is None else replies.done_frame(ended.message)

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from inference import sampling, streams
 
-from . import replies
+from . import branches, feedback, replies
 from .models import Conversation, LanguageModel, Message
 
 
@@ -81,6 +81,7 @@ def update_conversation(conversation: Conversation, data) -> SettingsResult:
             errors["title"] = f"The title is longer than {settings.CHAT_MAX_TITLE_CHARS} characters."
         else:
             changes["title"] = title
+            changes["title_source"] = Conversation.TitleSource.USER  # a model title never overwrites it
     if "system_prompt" in data:
         prompt = data["system_prompt"] if isinstance(data["system_prompt"], str) else ""
         if data["system_prompt"] is not None and not isinstance(data["system_prompt"], str):
@@ -229,6 +230,16 @@ def model_settings_json(model: LanguageModel) -> dict:
             "max_tokens": model.max_tokens,
         },
         "maxTokensCap": model.max_new_tokens_cap,
+    }
+
+
+def thread_json(user, conversation: Conversation) -> dict:
+    """The branch shown, as the page's script reads it: messages, their versions, feedback."""
+    messages = list(visible_messages(conversation))
+    return {
+        "messages": [message_json(m) for m in messages],
+        "versions": branches.versions(conversation, messages),
+        "feedback": feedback.for_messages(user, messages),
     }
 
 

@@ -21,6 +21,7 @@ from finetuning.datasets import DatasetError
 from finetuning.models import Dataset
 from inference.models import LanguageModel
 
+from . import branches
 from .models import Feedback, Message
 
 FILENAME = "feedback.jsonl"
@@ -53,19 +54,8 @@ def answer_of(feedback: Feedback) -> str:
 
 def row_for(feedback: Feedback) -> list[dict]:
     """The conversation as the model saw it when it wrote the reply (its system prompt, then the
-    turns the user could see, replaced replies left out), ending with the answer."""
-    reply = feedback.message
-    conversation = reply.conversation
-    model = reply.model or conversation.model
-    system = reply.system_prompt or conversation.system_prompt or (model.system_prompt if model else "")
-    row = [{"role": "system", "content": system}] if system.strip() else []
-    earlier = conversation.messages.filter(id__lt=reply.pk, replaced_at__isnull=True).order_by("id")
-    for role, content in earlier.values_list("role", "content"):
-        if role == Message.Role.ASSISTANT and not content:
-            continue  # a failed reply: the model never saw it, as in chat.turns.build_request
-        row.append({"role": role, "content": content})
-    row.append({"role": "assistant", "content": answer_of(feedback)})
-    return row
+    branch above it: chat.branches.history_before), ending with the answer."""
+    return [*branches.history_before(feedback.message), {"role": "assistant", "content": answer_of(feedback)}]
 
 
 def _tokenizer_model(feedback: Iterable[Feedback]) -> LanguageModel:

@@ -3,9 +3,12 @@
 The text so far goes through the same `render_markdown` (and sanitizer) as the finished reply, so
 the page shows no raw Markdown and nothing jumps when `chat.done` arrives; what the model has
 opened and not closed yet (a code fence, `**`) is closed for the live rendering only. Rendering
-costs more as the reply grows: after each render the forwarder pauses for a few times what the
-render took (`pause_s`), so live rendering takes at most `RENDER_SHARE` of the forwarding time and
-the deltas that arrive meanwhile are sent together, with one rendering after the last of them.
+costs more as the reply grows, and a process renders every reply streaming through it: after
+each render the forwarder pauses (`pause_s`) for what the render took times the replies rendering
+in this process, so live rendering takes about `RENDER_SHARE` of one core whatever their number
+(on a machine whose cores run llama.cpp, every CPU second the web tier spends is taken from it:
+bench/cpu_split.py). The deltas that arrive meanwhile are sent together, with one rendering after
+the last of them.
 """
 
 from __future__ import annotations
@@ -22,8 +25,20 @@ from .rendering import render_markdown
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.MULTILINE)
 PARTIAL_FENCE = re.compile(r"\n {0,3}(`{1,2}|~{1,2})$")
 INLINE_MARKERS = ("`", "**", "~~", "*")  # the order matters: "**" before "*"
-RENDER_SHARE = 0.2  # at most this share of the forwarding time goes into rendering
+RENDER_SHARE = 0.05  # about this share of one core goes into live rendering, for all replies
 MAX_PAUSE_S = 0.5  # a very long reply still updates twice a second
+ACTIVE_S = 1.0  # a reply rendered within this long counts as rendering
+
+_last_render: dict[int, float] = {}  # id(LiveMarkdown) → when it last rendered (this process)
+
+
+def rendering_now(instance_id: int, now: float) -> int:
+    """Note that this reply renders now; how many replies rendered within ACTIVE_S (itself included)."""
+    _last_render[instance_id] = now
+    for key, at in list(_last_render.items()):
+        if now - at > ACTIVE_S:
+            _last_render.pop(key, None)
+    return len(_last_render)
 
 
 def completed(text: str) -> str:
@@ -73,8 +88,9 @@ class LiveMarkdown:
         """The sanitized HTML of the text so far; sets `pause_s` from what rendering took."""
         started = time.perf_counter()
         html = render_markdown(completed(self.text))
-        spent = time.perf_counter() - started
-        self.pause_s = min(MAX_PAUSE_S, spent * (1 - RENDER_SHARE) / RENDER_SHARE)
+        now = time.perf_counter()
+        replies = rendering_now(id(self), now)
+        self.pause_s = min(MAX_PAUSE_S, (now - started) * replies * (1 - RENDER_SHARE) / RENDER_SHARE)
         return html
 
     async def render(self) -> str:

@@ -37,7 +37,18 @@ class Conversation(models.Model):
         API = "api", "API"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
+
+    class TitleSource(models.TextChoices):
+        MESSAGE = "message", "cut from the first message"
+        PENDING = "pending", "being written by the model"
+        MODEL = "model", "written by the model"
+        USER = "user", "set by the user"
+
     title = models.CharField(max_length=200, default="New chat")
+    title_source = models.CharField(max_length=8, choices=TitleSource.choices, default=TitleSource.MESSAGE)
+    title_requested_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the model was last asked for a title (chat.titles)."
+    )
     model = models.ForeignKey(LanguageModel, null=True, blank=True, on_delete=models.SET_NULL)
     system_prompt = models.TextField(blank=True)
     # Sampling overrides; empty means the model's default (inference.sampling validates them).
@@ -107,10 +118,18 @@ class Message(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     replaced_at = models.DateTimeField(
-        null=True, blank=True, db_index=True, help_text="When a regenerated reply took its place."
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text="When another version (a regenerated reply, an edited message) took its place on the branch shown.",
     )
     replaced_by = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces", editable=False
+    )
+    # The message this one follows (empty for a conversation's first message): a conversation is
+    # a tree of versions (edits and regenerations), of which the page shows one branch.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children", editable=False
     )
 
     objects = MessageQuerySet.as_manager()

@@ -6,6 +6,7 @@ so highlighting adds no script and no way around the allow-list.
 """
 
 import html
+import threading
 from functools import partial
 
 import bleach
@@ -67,13 +68,14 @@ def _link_attributes(attrs: dict, new: bool = False) -> dict:
     return attrs
 
 
-_cleaner = bleach.Cleaner(
-    tags=ALLOWED_TAGS,
-    attributes={**ALLOWED_ATTRIBUTES, "a": ["href", "title", "rel", "target"]},
-    protocols=ALLOWED_PROTOCOLS,
-    strip=False,
-    filters=[partial(LinkifyFilter, callbacks=[_link_attributes], skip_tags={"pre", "code"})],
-)
+def _cleaner() -> bleach.Cleaner:
+    return bleach.Cleaner(
+        tags=ALLOWED_TAGS,
+        attributes={**ALLOWED_ATTRIBUTES, "a": ["href", "title", "rel", "target"]},
+        protocols=ALLOWED_PROTOCOLS,
+        strip=False,
+        filters=[partial(LinkifyFilter, callbacks=[_link_attributes], skip_tags={"pre", "code"})],
+    )
 
 
 class _CodeFormatter(HtmlFormatter):
@@ -103,7 +105,16 @@ def _markdown() -> markdown.Markdown:
     return md
 
 
+# One Markdown converter and one sanitizer per thread, reused: neither is thread-safe (bleach's
+# parser keeps state; shared, concurrent renderings raised errors and mixed their outputs), and
+# building them for every rendering was wasted work (bench/rendering.py).
+_local = threading.local()
+
+
 def render_markdown(text: str) -> str:
     """Render untrusted Markdown (user or model text) to safe HTML."""
-    html = _markdown().convert(text)
-    return _cleaner.clean(html)
+    renderers = getattr(_local, "renderers", None)
+    if renderers is None:
+        renderers = _local.renderers = (_markdown(), _cleaner())
+    converter, cleaner = renderers
+    return cleaner.clean(converter.reset().convert(text))

@@ -4,13 +4,16 @@ the name "chat" when the app is ready; request ids are "chat-<message id>"."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.db import transaction
 from django.utils import timezone
 
-from inference import sinks
+from inference import sinks, streams
 from inference.protocol import Done
 from moderation import events as moderation_events
 
+from . import titles
 from .models import Conversation, Message
 from .rendering import render_markdown
 
@@ -73,6 +76,8 @@ def end(message_id: int, *, content: str, done: Done, queued_only: bool = False)
         )
         if not updated:
             return False
+        if STATUS_FOR_REASON[done.finish_reason] == Message.Status.COMPLETE and done.finish_reason != "moderated":
+            titles.after_reply(message_id)
         conversation_id = Message.objects.filter(pk=message_id).values_list("conversation_id", flat=True).first()
         Conversation.objects.filter(pk=conversation_id).update(updated_at=timezone.now())
         if done.moderation:  # output rules that matched while it streamed: the review queue
@@ -108,6 +113,33 @@ class ChatSink(sinks.Sink):
             sinks.Pending(request_id(pk), status == Message.Status.GENERATING, worker, created_at)
             for pk, status, worker, created_at in active.values_list("pk", "status", "worker", "created_at")
         ]
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A quiet reply found ended: its stored row, or None when the reply is gone."""
+
+    message: Message | None
+
+
+def settle_quiet_reply(message_id: int | None, *, visible_only: bool = False) -> Ended | None:
+    """For a reply whose stream has been quiet a while: reap it if its worker is gone and, if it
+    has ended with no `done` in its stream to read (the stream expired, or it was reaped just
+    now), say so with its row. None while it is still active, or when its stream holds its
+    `done` (the reader gets it there). With `visible_only`, a reply its user deleted is gone
+    (the chat page); the API sees every reply."""
+    messages = Message.objects.visible() if visible_only else Message.objects.all()
+    message = None if message_id is None else messages.filter(pk=message_id).first()
+    if message is None:
+        return Ended(None)
+    if message.is_active:
+        reap([message])
+        message.refresh_from_db()
+        if message.is_active:
+            return None
+    if streams.has_done(request_id(message.pk)):
+        return None
+    return Ended(message)
 
 
 def reap(messages) -> None:

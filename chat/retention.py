@@ -1,5 +1,7 @@
-"""Purging the conversation logs: what users deleted, and replies that regenerate replaced, are
-kept hidden for LOGS_RETENTION_DAYS (for the admins), then deleted for real here.
+"""Purging the conversation logs: conversations users deleted are kept hidden for
+LOGS_RETENTION_DAYS (for the admins), then deleted for real here, with their messages. Versions a
+person edited or regenerated (chat.branches) stay as long as their conversation: the person can
+still page back to them.
 
 Run by the Celery beat schedule (`chat.purge_logs`, every LOGS_PURGE_INTERVAL_S) and by
 `manage.py purgelogs`. Rows go in batches, so a large purge never holds one huge transaction.
@@ -14,7 +16,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .models import Conversation, Message
+from .models import Conversation
 
 BATCH = 500
 
@@ -22,10 +24,9 @@ BATCH = 500
 @dataclass
 class Purged:
     conversations: int = 0
-    messages: int = 0  # replaced replies (a purged conversation's messages are not counted)
 
     def __str__(self) -> str:
-        return f"{self.conversations} deleted conversation(s) and {self.messages} replaced reply(ies)"
+        return f"{self.conversations} deleted conversation(s)"
 
 
 def cutoff(days: int | None = None, now: datetime | None = None) -> datetime:
@@ -36,12 +37,9 @@ def cutoff(days: int | None = None, now: datetime | None = None) -> datetime:
     return (now or timezone.now()) - timedelta(days=days)
 
 
-def expired(days: int | None = None, now: datetime | None = None) -> tuple:
-    """The conversations and replaced replies past the retention (querysets; nothing deleted)."""
-    before = cutoff(days, now)
-    conversations = Conversation.objects.filter(deleted_at__lt=before)
-    messages = Message.objects.filter(replaced_at__lt=before, conversation__deleted_at__isnull=True)
-    return conversations, messages
+def expired(days: int | None = None, now: datetime | None = None):
+    """The deleted conversations past the retention (a queryset; nothing deleted)."""
+    return Conversation.objects.filter(deleted_at__lt=cutoff(days, now))
 
 
 def _delete_in_batches(queryset) -> int:
@@ -56,7 +54,5 @@ def _delete_in_batches(queryset) -> int:
 
 
 def purge(days: int | None = None, now: datetime | None = None) -> Purged:
-    """Delete the conversations and replaced replies past the retention, with what hangs on
-    them (feedback; moderation events keep their row with the link emptied)."""
-    conversations, messages = expired(days, now)
-    return Purged(conversations=_delete_in_batches(conversations), messages=_delete_in_batches(messages))
+    """Delete the deleted conversations past the retention, with what hangs on them (feedback; moderation events keep their row with the link emptied)."""
+    return Purged(conversations=_delete_in_batches(expired(days, now)))

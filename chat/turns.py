@@ -15,22 +15,9 @@ from moderation import checks as moderation_checks
 from moderation import events as moderation_events
 from presets import prompts, templating
 
-from . import limits, replies
+from . import branches, limits, replies, titles
 from .models import Conversation, LanguageModel, Message
 from .rendering import render_markdown
-
-TITLE_CHARS = 60
-
-
-def initial_title(content: str) -> str:
-    """The first message, cut at a word boundary (with an ellipsis) to TITLE_CHARS characters."""
-    text = " ".join(content.split())
-    if len(text) <= TITLE_CHARS:
-        return text or "New chat"
-    cut = text[: TITLE_CHARS - 1]
-    if " " in cut and not text[TITLE_CHARS - 1].isspace():
-        cut = cut.rsplit(" ", 1)[0]
-    return cut.rstrip(" ,;:.-") + "…"
 
 
 class TurnError(Exception):
@@ -48,7 +35,15 @@ class Turn:
     user_message: Message
     reply: Message
     request: Request
-    replaces: int | None = None  # regenerate: the old reply, marked replaced once the new one is queued
+    # Regenerate and edit: the first message of the branch the new one takes the place of (the
+    # old reply, the edited message), hidden with what follows it once the new reply is queued.
+    replaces: int | None = None
+    edited: bool = False
+    versions: dict[int, list[int]] | None = None  # see chat.branches.versions
+
+    @property
+    def new_messages(self) -> tuple[int, ...]:
+        return (self.user_message.pk, self.reply.pk) if self.edited else (self.reply.pk,)
 
     def started_frame(self) -> dict:
         frame = {
@@ -58,7 +53,12 @@ class Turn:
             "message": self.reply.pk,
             "model": self.request.model,
             "title": self.conversation.title,
+            "replaces": self.replaces,
+            # Each message of the turn with more than one version: the ids, oldest first.
+            "versions": self.versions or {},
         }
+        if self.edited:  # sent from the message's own edit box: the page shows what was stored
+            frame["user_content"] = self.user_message.content
         if self.user_message.params.get("template"):
             # Filled on the server from a prompt template: the page shows what was sent.
             frame["user_content"] = self.user_message.content
@@ -197,29 +197,18 @@ def _check_not_busy(conversation: Conversation) -> None:
 
 
 # --- do --------------------------------------------------------------------------------------
-def build_request(reply: Message, replaces: int | None = None) -> Request:
-    """The inference request: the chat history up to (not including) `reply`, and its settings."""
-    conversation = reply.conversation
-    model = reply.model
-    # The system prompt recorded on the reply when it was queued (its reproducibility record).
-    system = reply.system_prompt or conversation.system_prompt or model.system_prompt
-    history = []
-    if system.strip():
-        history.append({"role": "system", "content": system})
-    earlier = conversation.messages.filter(id__lt=reply.pk, replaced_at__isnull=True).exclude(pk=replaces)
-    earlier = earlier.order_by("id")
-    for role, content in earlier.values_list("role", "content"):
-        if role == Message.Role.ASSISTANT and not content:
-            continue
-        history.append({"role": role, "content": content})
+def build_request(reply: Message, messages: list[dict]) -> Request:
+    """The inference request for a queued reply: `messages` (system prompt first, if any) and
+    the reply's settings. The chat page's replies take their branch (`branches.history_before`);
+    the API's take the messages of the call."""
     return Request(
         id=replies.request_id(reply.pk),
-        model=model.slug,
-        messages=history,
+        model=reply.model.slug,
+        messages=messages,
         sampling=reply.params,
-        max_input_tokens=model.max_input_tokens,
+        max_input_tokens=reply.model.max_input_tokens,
         sink=replies.SINK,
-        user=str(conversation.user_id),
+        user=str(reply.conversation.user_id),
     )
 
 
@@ -238,11 +227,17 @@ def _check_system_prompt(system_prompt) -> str | None:
 
 
 def _queue_reply(
-    conversation: Conversation, user_message: Message, model: LanguageModel, params: dict, replaces: int | None = None
+    conversation: Conversation,
+    user_message: Message,
+    model: LanguageModel,
+    params: dict,
+    replaces: int | None = None,
+    edited: bool = False,
 ) -> Turn:
-    """Create the queued assistant reply and the inference request for it."""
+    """Create the queued assistant reply (following `user_message`) and its inference request."""
     reply = Message.objects.create(
         conversation=conversation,
+        parent=user_message,
         role=Message.Role.ASSISTANT,
         status=Message.Status.QUEUED,
         model=model,
@@ -250,7 +245,9 @@ def _queue_reply(
         system_prompt=conversation.system_prompt or model.system_prompt,
         model_version=model_version(model),
     )
-    return Turn(conversation, user_message, reply, build_request(reply, replaces), replaces)
+    request = build_request(reply, branches.history_before(reply))
+    versions = branches.versions(conversation, [user_message, reply])
+    return Turn(conversation, user_message, reply, request, replaces, edited, versions)
 
 
 def model_version(model: LanguageModel) -> dict:
@@ -298,12 +295,14 @@ def start_turn(user, conversation_id, content, model_slug, params, system_prompt
         saved_prompt = conversation.system_prompt if conversation is not None else ""
         in_force = (system_prompt if system_prompt is not None else saved_prompt) or model.system_prompt
         _check_prompt_length(content, in_force, model)
+        parent = None
         if conversation is None:
-            title = initial_title(content)
+            title = titles.cut(content)
             conversation = Conversation.objects.create(
                 user=user, title=title, model=model, system_prompt=system_prompt or ""
             )
         else:
+            parent = branches.leaf(conversation)
             _check_not_busy(conversation)
             conversation.model = model
             if system_prompt is not None:
@@ -311,6 +310,7 @@ def start_turn(user, conversation_id, content, model_slug, params, system_prompt
             conversation.save(update_fields=["model", "system_prompt", "updated_at"])
         user_message = Message.objects.create(
             conversation=conversation,
+            parent=parent,
             role=Message.Role.USER,
             content=content,
             html=render_markdown(content),
@@ -335,7 +335,7 @@ def regenerate(user, message_id) -> Turn:
             raise TurnError(
                 "not_regenerable", "Only the latest assistant reply can be regenerated, once it has finished."
             )
-        user_message = shown.filter(role=Message.Role.USER, id__lt=message.pk).order_by("-id").first()
+        user_message = message.parent
         if user_message is None:
             raise TurnError("not_regenerable", "There is no user message to answer again.")
         model = (
@@ -353,11 +353,49 @@ def regenerate(user, message_id) -> Turn:
         return _queue_reply(conversation, user_message, model, params, replaces=message.pk)
 
 
-def drop_replaced(turn: Turn) -> None:
-    """After a regenerated reply was queued: drop the reply it replaces from the user's thread.
-    The row is kept, marked replaced (by the new reply), for the admins' logs until
-    LOGS_RETENTION_DAYS have passed (chat.retention purges it)."""
-    if turn.replaces is not None:
-        Message.objects.filter(pk=turn.replaces, conversation=turn.conversation, replaced_at__isnull=True).update(
-            replaced_at=timezone.now(), replaced_by=turn.reply
+def edit(user, message_id, content, model_slug=None, params=None) -> Turn:
+    """Send an edited version of a sent user message: the conversation forks there. The new
+    message follows the same message the edited one did and gets a new reply; the old branch
+    stays (hidden once the reply is queued, see `drop_replaced`), reachable as a version."""
+    content = _check_content(content)
+    message = owned_message(user, message_id)
+    if message.role != Message.Role.USER:
+        raise TurnError("not_editable", "Only your own messages can be edited; regenerate a reply instead.")
+    _check_capacity(user)
+    moderated = _check_moderation(user, content, message.conversation_id)
+    content = moderated.text
+    with transaction.atomic():
+        conversation = _locked_owned_conversation(user, message.conversation_id)
+        _check_not_busy(conversation)
+        model = _check_model(user, model_slug, conversation, switch_disabled=False)
+        resolved = _check_params(params, model, conversation)
+        _check_prompt_length(content, conversation.system_prompt or model.system_prompt, model)
+        conversation.model = model
+        conversation.save(update_fields=["model", "updated_at"])
+        user_message = Message.objects.create(
+            conversation=conversation,
+            parent_id=message.parent_id,
+            role=Message.Role.USER,
+            content=content,
+            html=render_markdown(content),
         )
+        moderation_events.record(
+            moderated.records, source="chat", user=user, conversation=conversation, message=user_message
+        )
+        return _queue_reply(conversation, user_message, model, resolved, replaces=message.pk, edited=True)
+
+
+def drop_replaced(turn: Turn) -> None:
+    """After a regenerated or edited turn was queued: hide the branch it takes the place of. The
+    rows are kept as versions the person can show again (chat.branches), and for the logs."""
+    if turn.replaces is not None:
+        replaced_by = turn.user_message if turn.edited else turn.reply
+        branches.hide_from(turn.conversation, Message(pk=turn.replaces), turn.new_messages, replaced_by)
+
+
+def abandon(turn: Turn) -> None:
+    """The turn could not be queued: a regenerated or edited one leaves the branch shown as it
+    was (its new messages stay, failed and hidden, as versions); a new message's failed reply
+    stays in view with its error."""
+    if turn.replaces is not None:
+        Message.objects.filter(pk__in=turn.new_messages).update(replaced_at=timezone.now())

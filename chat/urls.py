@@ -21,5 +21,6 @@ urlpatterns = [
         views.conversation_messages,
         name="conversation_messages",
     ),
+    path("api/messages/<int:message_id>/show/", views.message_show, name="message_show"),
     path("api/messages/<int:message_id>/feedback/", feedback_views.message_feedback, name="message_feedback"),
 ]

@@ -11,7 +11,7 @@ from inference import sampling
 from inference.models import LanguageModel
 from presets import prompts
 
-from . import conversations, feedback, limits, replies, sync, transcripts
+from . import branches, conversations, feedback, limits, replies, sync, transcripts
 from .models import Message
 
 
@@ -20,10 +20,12 @@ from .models import Message
 def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpResponse:
     conversation = None
     messages = []
+    versions = {}
     if conversation_id is not None:
         conversation = conversations.get_owned_conversation(request.user, conversation_id)
         replies.reap(conversation.messages.filter(status__in=Message.ACTIVE_STATUSES))
         messages = list(conversations.visible_messages(conversation))
+        versions = branches.versions(conversation, messages)
     models = list(LanguageModel.objects.usable_by(request.user))
     default_model = LanguageModel.default()
     # A link such as the fine-tuning page's "Chat with it" may name the model (?model=slug).
@@ -48,6 +50,7 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
         "disabledModel": {"slug": disabled_model.slug, "name": disabled_model.name} if disabled_model else None,
         "wsPath": "/ws/chat/",
         "feedback": feedback.for_messages(request.user, messages),
+        "versions": versions,
         "feedbackLimits": feedback.limits(),
         **prompts.page_config(),
     }
@@ -136,6 +139,19 @@ def conversation_export(request: HttpRequest, conversation_id: int, fmt: str) ->
 def conversation_messages(request: HttpRequest, conversation_id: int) -> JsonResponse:
     conversation = conversations.get_owned_conversation(request.user, conversation_id)
     replies.reap(conversation.messages.filter(status__in=Message.ACTIVE_STATUSES))
-    return JsonResponse(
-        {"messages": [conversations.message_json(m) for m in conversations.visible_messages(conversation)]}
-    )
+    return JsonResponse(conversations.thread_json(request.user, conversation))
+
+
+@login_required
+@require_POST
+def message_show(request: HttpRequest, message_id: int) -> JsonResponse:
+    """Show another version of a message ("2 / 3"): its branch replaces the one shown."""
+    try:
+        conversation = branches.show(request.user, message_id)
+    except branches.BranchError as exc:
+        return JsonResponse({"error": {"code": exc.code, "message": exc.message}}, status=_BRANCH_STATUS[exc.code])
+    sync.publish(request.user.pk, {"event": "switched", "conversation": conversation.pk})
+    return JsonResponse(conversations.thread_json(request.user, conversation))
+
+
+_BRANCH_STATUS = {"invalid_field": 400, "not_found": 404, "busy": 409, "not_shown": 409}

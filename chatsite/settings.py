@@ -291,6 +291,9 @@ CHAT_CHARS_PER_TOKEN = env_float("CHAT_CHARS_PER_TOKEN", 3.2)
 if not CHAT_CHARS_PER_TOKEN > 0:
     raise ImproperlyConfigured(f"CHAT_CHARS_PER_TOKEN={CHAT_CHARS_PER_TOKEN} must be above 0.")
 CHAT_MAX_TITLE_CHARS = 200
+# After a conversation's first reply, its model writes a short title in the background (chat/titles.py).
+CHAT_MODEL_TITLES = env_bool("CHAT_MODEL_TITLES", True)
+CHAT_TITLE_MAX_TOKENS = env_int("CHAT_TITLE_MAX_TOKENS", 16, minimum=1)
 CHAT_MAX_SYSTEM_PROMPT_CHARS = env_int("CHAT_MAX_SYSTEM_PROMPT_CHARS", 8000, minimum=1)
 # Per-user message rate limit: CHAT_RATE_LIMIT messages per CHAT_RATE_WINDOW_S (0 disables).
 CHAT_RATE_LIMIT = env_int("CHAT_RATE_LIMIT", 20, minimum=0)
@@ -312,6 +315,8 @@ CHAT_FEEDBACK_MAX_COMMENT_CHARS = env_int("CHAT_FEEDBACK_MAX_COMMENT_CHARS", 200
 CHAT_FEEDBACK_MAX_EDIT_CHARS = env_int("CHAT_FEEDBACK_MAX_EDIT_CHARS", 16000, minimum=1)
 # Deltas are coalesced and flushed about this often (milliseconds).
 CHAT_FLUSH_INTERVAL_MS = env_int("CHAT_FLUSH_INTERVAL_MS", 50, minimum=1)
+# ... times the replies running at once on a worker, up to this (inference/worker.py).
+CHAT_FLUSH_MAX_MS = env_int("CHAT_FLUSH_MAX_MS", 200, minimum=1)
 # How long a finished stream's deltas stay in Redis for resume (seconds).
 CHAT_STREAM_TTL_S = env_int("CHAT_STREAM_TTL_S", 3600, minimum=10)
 # A worker that has not sent a heartbeat for this long is considered dead.
@@ -345,7 +350,8 @@ API_RATE_LIMIT = env_int("API_RATE_LIMIT", 120, minimum=0)
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1_000_000, minimum=1000)
 API_MAX_CHOICES = env_int("API_MAX_CHOICES", 4, minimum=1)
 
-# Redis connections one web process may open (each websocket holds up to two blocking reads).
+# Redis connections one web process may open (a blocking read per reply a websocket follows, plus one
+# reader per process for all tabs' user events: chat/sync.py).
 REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 5000, minimum=10)
 
 # Moderation: a rule saved in the admin applies in every process within this many seconds.

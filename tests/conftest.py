@@ -36,6 +36,8 @@ def _fast_settings(settings):
     settings.MODEL_DIR = TEST_MODEL_DIR
     settings.INFERENCE_HEARTBEAT_TTL_S = 3
     settings.CHAT_RATE_LIMIT = 0  # tests that check the limit turn it on
+    # No title requests beside the replies a test counts (test_titles.py turns them on).
+    settings.CHAT_MODEL_TITLES = False
 
 
 @pytest.fixture(scope="session", autouse=True)

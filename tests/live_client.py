@@ -93,6 +93,7 @@ class Reply:
     errors: list = field(default_factory=list)
     sent_at: float = 0.0
     first_at: float | None = None
+    last_at: float | None = None  # the last delta's arrival
     done_at: float | None = None
 
     @property
@@ -174,6 +175,7 @@ class Client:
                 if reply.first_at is None:
                     reply.first_at = time.monotonic()
                 reply.deltas.append(frame)
+                reply.last_at = time.monotonic()
             elif frame["type"] == "chat.done":
                 reply.done = frame
                 reply.done_at = time.monotonic()

@@ -114,6 +114,7 @@ class LiveStack:
             "DEBUG": "0",
             # Load tests open many replies for one user at once.
             "CHAT_MAX_ACTIVE_PER_USER": "1000",
+            "CHAT_MODEL_TITLES": "0",  # only the replies a test or benchmark sends (extra_env can turn it on)
             **(extra_env or {}),
         }
         # The suite's own broker/layer settings must not leak into the stack.

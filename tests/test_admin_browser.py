@@ -44,7 +44,7 @@ chat = Conversation.objects.create(user=alice, title="Markdown please", model=de
 question = "Show me **bold**, a list and code"
 Message.objects.create(conversation=chat, role="user", content=question, html=render_markdown(question))
 first = Message.objects.create(conversation=chat, role="assistant", content="**No**", html=render_markdown("**No**"),
-                               model=default, finish_reason="stop")
+                               model=default, finish_reason="stop", parent=chat.messages.get())
 turn = turns.regenerate(alice, first.pk)
 turns.drop_replaced(turn)
 answer = "Here is **bold** text.\\n\\n- one\\n- two\\n\\n```\\nprint('hi')\\n```"

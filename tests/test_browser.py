@@ -13,26 +13,27 @@ import re
 import uuid
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Locator, Page, expect
+
+from . import browser_helpers
+from .browser_helpers import (
+    ASSISTANT,
+    body_text,
+    conversation_id,
+    live_stack,
+    log_in,
+    message_by_id,
+    new_chat,
+    new_page,
+    send,
+    wait_connected,
+    wait_finished,
+    wait_for_text,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-USERNAME = "browser-alice"
-PASSWORD = "browser-alice-password-1"
 LONG_PROMPT = "Write a long story about a dragon."
-REPLY_TIMEOUT_MS = 120_000
-
-ASSISTANT = '[data-testid="message"][data-role="assistant"]'
-FINISHED = re.compile(r"^(complete|stopped|interrupted|error)$")
 
 # Samples the latest assistant message every 50 ms: (id, status, text). Installed as an init
 # script, it also runs after a reload, before the page's own script. `text` is the reply's
@@ -63,104 +64,19 @@ XSS_PAYLOADS = [
 ]
 
 
-# --- fixtures --------------------------------------------------------------------------------
+# --- fixtures (chromium and a logged-in page: tests/browser_helpers.py) -------------------------
+browser = browser_helpers.browser
+page = browser_helpers.page
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from tests.stack import LiveStack
-
-    live = LiveStack(tmp_path_factory.mktemp("browser-stack"), workers=1)
-    live.start()
-    try:
-        live.create_user(USERNAME, PASSWORD)
+    """The real stack with the packaged default model."""
+    with live_stack(tmp_path_factory.mktemp("browser-stack")) as live:
         yield live
-    finally:
-        live.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-def _new_page(browser: Browser, stack, **context_options) -> Page:
-    context = browser.new_context(base_url=stack.url, **context_options)
-    context.set_default_timeout(30_000)
-    return context.new_page()
-
-
-@pytest.fixture
-def page(browser, stack):
-    page = _new_page(browser, stack)
-    log_in(page)
-    yield page
-    page.context.close()
 
 
 # --- helpers ---------------------------------------------------------------------------------
-def log_in(page: Page, password: str = PASSWORD) -> None:
-    page.goto("/")
-    expect(page).to_have_url(re.compile(r"/accounts/login/"))
-    page.get_by_test_id("login-username").fill(USERNAME)
-    page.get_by_test_id("login-password").fill(password)
-    page.get_by_test_id("login-submit").click()
-    if password == PASSWORD:
-        expect(page.get_by_test_id("composer-input")).to_be_visible()
-        wait_connected(page)
-
-
-def wait_connected(page: Page) -> None:
-    expect(page.get_by_test_id("connection-status")).to_have_attribute("data-state", "open")
-
-
-def new_chat(page: Page, max_tokens: int) -> None:
-    """Open a new chat whose replies stop after `max_tokens` (set in the settings panel)."""
-    page.goto("/")
-    wait_connected(page)
-    page.get_by_test_id("settings-toggle").click()
-    page.get_by_test_id("max-tokens").fill(str(max_tokens))
-    page.get_by_test_id("settings-save").click()
-    expect(page.get_by_test_id("settings-status")).to_contain_text("saved with the conversation")
-    page.get_by_test_id("settings-toggle").click()
-    expect(page.get_by_test_id("settings-panel")).to_be_hidden()
-
-
-def send(page: Page, text: str) -> Locator:
-    """Send `text` from the composer; returns the new assistant message (found by its id)."""
-    before = page.locator(ASSISTANT).count()
-    page.get_by_test_id("composer-input").fill(text)
-    page.get_by_test_id("send").click()
-    fresh = page.locator(ASSISTANT).nth(before)
-    expect(fresh).to_have_attribute("data-message-id", re.compile(r"^\d+$"))
-    return message_by_id(page, fresh.get_attribute("data-message-id"))
-
-
-def message_by_id(page: Page, message_id) -> Locator:
-    return page.locator(f'[data-testid="message"][data-message-id="{message_id}"]')
-
-
-def body_text(message: Locator) -> str:
-    return message.get_by_test_id("message-body").inner_text().strip()
-
-
-def wait_finished(message: Locator, timeout: int = REPLY_TIMEOUT_MS) -> None:
-    expect(message).to_have_attribute("data-status", FINISHED, timeout=timeout)
-
-
-def wait_for_text(message: Locator, chars: int) -> None:
-    """Wait until the message shows at least `chars` characters (while it streams)."""
-    pattern = re.compile(r"^[\s\S]{" + str(chars) + ",}$")
-    expect(message.get_by_test_id("message-body")).to_have_text(pattern, timeout=REPLY_TIMEOUT_MS)
-
-
-def conversation_id(page: Page) -> str:
-    match = re.search(r"/c/(\d+)/$", page.url)
-    assert match, f"not on a conversation page: {page.url}"
-    return match.group(1)
-
-
 def generating_samples(page: Page, message_id: str) -> list[str]:
     samples = page.evaluate("window.__samples || []")
     return [s["text"] for s in samples if s["id"] == message_id and s["status"] == "generating"]
@@ -174,7 +90,7 @@ def completion_tokens(message: Locator) -> int:
 
 # --- tests -----------------------------------------------------------------------------------
 def test_login_form_rejects_a_wrong_password(browser, stack):
-    page = _new_page(browser, stack)
+    page = new_page(browser, stack)
     try:
         log_in(page, password="not-the-password")
         expect(page.get_by_test_id("login-error")).to_be_visible()
@@ -479,7 +395,7 @@ def test_settings_panel_keeps_top_k_and_the_repetition_penalty_after_a_reload(pa
 
 
 def test_phone_layout_hides_the_sidebar_and_can_send(browser, stack):
-    page = _new_page(browser, stack, viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
+    page = new_page(browser, stack, viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
     try:
         log_in(page)
         composer = page.get_by_test_id("composer-input")

@@ -14,19 +14,18 @@ import json
 import re
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from chat import replies
 from inference import streams
 
-from .live_client import use_model, wait_until_workers_loaded
-from .test_browser import (
+from . import browser_helpers
+from .browser_helpers import (
     ASSISTANT,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    PASSWORD,
+    USER,
     USERNAME,
-    log_in,
+    live_stack,
+    logged_in_page,
     new_chat,
     wait_connected,
     wait_finished,
@@ -34,7 +33,6 @@ from .test_browser import (
 
 pytestmark = [pytest.mark.browser, pytest.mark.stack]
 
-USER = '[data-testid="message"][data-role="user"]'
 REPLY = [
     "Here is **bold",
     "** text and",
@@ -86,38 +84,23 @@ DISABLED = (
 )
 
 
+# chromium (tests/browser_helpers.py)
+browser = browser_helpers.browser
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model_dir):
-    from tests.stack import LiveStack
-
-    live = LiveStack(tmp_path_factory.mktemp("chat-page-stack"), workers=1, extra_env={"CHAT_RATE_LIMIT": "0"})
-    live.start()
-    try:
-        use_model(live, "tiny", str(tiny_model_dir))
-        wait_until_workers_loaded(live)
-        live.create_user(USERNAME, PASSWORD)
+    """The real stack serving the tiny model."""
+    stack_dir = tmp_path_factory.mktemp("chat-page-stack")
+    with live_stack(stack_dir, model_dir=tiny_model_dir, extra_env={"CHAT_RATE_LIMIT": "0"}) as live:
         yield live
-    finally:
-        live.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
 def page(browser, stack):
-    context = browser.new_context(base_url=stack.url)
-    context.set_default_timeout(30_000)
-    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.url)
-    page = context.new_page()
-    log_in(page)
-    yield page
-    context.close()
+    """A logged-in page that may use the clipboard (the copy buttons)."""
+    with logged_in_page(browser, stack, permissions=["clipboard-read", "clipboard-write"]) as logged_in:
+        yield logged_in
 
 
 # --- a scripted reply --------------------------------------------------------------------------

@@ -106,6 +106,38 @@ async def test_regenerate_replaces_the_latest_reply(alice, worker):
     await ws.disconnect()
 
 
+async def test_edit_resends_a_message_as_a_fork_and_keeps_the_old_branch(alice, worker):
+    ws, _ = await connect(alice)
+    await send(ws, {"type": "chat.send", "content": "Hi", "params": {"max_tokens": 5}})
+    first = await receive(ws)
+    await until_done(ws, first["message"])
+    conversation = first["conversation"]
+    await send(ws, {"type": "chat.send", "conversation": conversation, "content": "More", "params": {"max_tokens": 5}})
+    second = await receive(ws)
+    await until_done(ws, second["message"])
+
+    await send(ws, {"type": "chat.edit", "message": first["user_message"], "content": "Hello again"})
+    edited = await receive(ws)
+    assert edited["type"] == "chat.started" and edited["replaces"] == first["user_message"]
+    assert edited["user_content"] == "Hello again"
+    assert edited["versions"] == {str(edited["user_message"]): [first["user_message"], edited["user_message"]]}
+    _, done = await until_done(ws, edited["message"])
+    assert done["finish_reason"] in ("stop", "length")
+
+    shown = await database_sync_to_async(
+        lambda: list(Message.objects.visible().filter(conversation_id=conversation).values_list("content", flat=True))
+    )()
+    assert shown[0] == "Hello again" and len(shown) == 2
+    kept = await database_sync_to_async(lambda: Message.objects.filter(conversation_id=conversation).count())()
+    assert kept == 6  # the first branch (four messages) is a version now
+
+    # A reply's text cannot be edited, and a running reply blocks edits.
+    await send(ws, {"type": "chat.edit", "message": edited["message"], "content": "No"})
+    refused = await receive(ws)
+    assert refused["type"] == "chat.error" and refused["code"] == "not_editable"
+    await ws.disconnect()
+
+
 async def test_a_second_send_while_generating_is_refused_as_busy(alice, worker):
     ws, _ = await connect(alice)
     await send(ws, {"type": "chat.send", "content": "long", "params": {"max_tokens": 200}})
@@ -162,13 +194,13 @@ async def test_a_system_prompt_sent_with_the_first_message_shapes_the_first_repl
     await until_done(ws, started["message"])
     conversation = await database_sync_to_async(Conversation.objects.get)(pk=started["conversation"])
     assert conversation.system_prompt == "You are a pirate."
-    from chat.turns import build_request
+    from chat.branches import history_before
 
     reply = await database_sync_to_async(Message.objects.select_related("conversation", "model").get)(
         pk=started["message"]
     )
-    request = await database_sync_to_async(build_request)(reply)
-    assert request.messages[0] == {"role": "system", "content": "You are a pirate."}
+    messages = await database_sync_to_async(history_before)(reply)
+    assert messages[0] == {"role": "system", "content": "You are a pirate."}
     await ws.disconnect()
 
 
@@ -271,3 +303,64 @@ async def test_old_turns_are_dropped_when_the_history_outgrows_the_model(alice, 
         prompts.append(done["usage"]["prompt_tokens"])
     assert prompts[1] > prompts[0] and prompts[-1] < prompts[-2] + 100  # grew, then old turns were dropped
     await ws.disconnect()
+
+
+async def test_a_closed_socket_sends_nothing_and_stops_following_its_replies(monkeypatch):
+    """No Redis or client here on purpose: what is checked is that a consumer whose socket is gone
+    neither reads a reply's stream (a cancel swallowed inside redis-py kept such a read going)
+    nor lets daphne's Disconnected escape as a logged traceback."""
+    from autobahn.exception import Disconnected
+
+    from chat import consumers
+    from inference import streams
+
+    consumer = consumers.ChatConsumer()
+    consumer.closed, consumer.forwarders, consumer.sync_subscription = False, {}, None
+    sent = []
+
+    async def send_gone(text_data=None, bytes_data=None, close=False):
+        sent.append(text_data)
+        raise Disconnected("Attempt to send on a closed protocol")
+
+    monkeypatch.setattr(consumer, "send", send_gone)
+    await consumer.send_json({"type": "chat.sync"})  # raises nothing
+    assert consumer.closed and len(sent) == 1
+    await consumer.send_json({"type": "chat.sync"})
+    assert len(sent) == 1  # not tried again once the socket is known to be gone
+
+    async def read_after(*args):
+        raise AssertionError("a closed socket's reply stream was read")
+
+    monkeypatch.setattr(streams, "read_after", read_after)
+    await asyncio.wait_for(consumer._forward(7, 0), timeout=5)
+
+
+async def test_a_closing_socket_waits_for_its_forwarders_database_call(alice, tiny_model, monkeypatch):
+    """A forwarder cancelled while it asks the database about a quiet reply (no worker here, so
+    the reaper may end it) finishes that call before the socket's task ends: nothing of a closed
+    socket writes afterwards (on PostgreSQL such a late write deadlocked a test's table flush),
+    even when the socket's task is cancelled meanwhile, as the test client does after 1 s."""
+    import threading
+    import time
+
+    from chat import consumers
+
+    entered, finished = threading.Event(), threading.Event()
+    real_settle = consumers._settle
+
+    def slow_settle(message_id):
+        entered.set()
+        time.sleep(1.5)  # longer than the test client waits for the socket to end (1 s): it cancels
+        try:
+            return real_settle(message_id)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(consumers, "_settle", slow_settle)
+    ws, _ = await connect(alice)
+    await send(ws, {"type": "chat.send", "content": "Anyone there?"})
+    assert (await receive(ws))["type"] == "chat.started"
+    assert await asyncio.to_thread(entered.wait, 10), "the forwarder never asked about its quiet reply"
+    await ws.disconnect()
+    assert finished.is_set(), "the socket ended while its forwarder's database call still ran"
+

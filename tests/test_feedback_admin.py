@@ -17,7 +17,7 @@ from django.contrib.messages import get_messages
 from django.test import Client
 from django.urls import reverse
 
-from chat import feedback_datasets, replies, turns
+from chat import branches, feedback_datasets, replies, turns
 from chat.models import Conversation, Feedback, LanguageModel, Message
 from chat.rendering import render_markdown
 from finetuning import jobs, runner
@@ -46,6 +46,8 @@ def logged_in(user) -> Client:
 
 
 def say(conversation, role, content, **fields) -> Message:
+    """Add a message after the last one shown (as the chat page does)."""
+    fields.setdefault("parent", branches.leaf(conversation))
     return Message.objects.create(
         conversation=conversation, role=role, content=content, html=render_markdown(content), **fields
     )

@@ -234,7 +234,7 @@ def test_cancel_stops_a_running_job_and_registers_nothing(stack):
 def test_in_the_browser_upload_check_start_and_watch_the_chart_move(stack, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+    from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS
 
     stack.create_user("browser-tuner", PASSWORD)
     grant(stack, "browser-tuner")

@@ -95,6 +95,7 @@ def finished_chat(user, model, max_tokens: int = 8) -> tuple[Message, Message]:
     )
     answer = Message.objects.create(
         conversation=conversation,
+        parent=question,
         role=Message.Role.ASSISTANT,
         content="The old answer",
         html=render_markdown("The old answer"),

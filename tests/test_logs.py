@@ -37,6 +37,7 @@ def make_chat(user, model, title="Trip to Paris", question="Plan a weekend", ans
     )
     answered = Message.objects.create(
         conversation=conversation,
+        parent=asked,
         role=Message.Role.ASSISTANT,
         content=answer,
         html=render_markdown(answer),
@@ -178,14 +179,14 @@ def test_a_conversation_comes_from_the_chat_page_unless_said_otherwise(alice, sm
 
 # --- retention -------------------------------------------------------------------------------------
 def _hidden_long_ago(alice, model, days: int):
-    """A deleted conversation and a replaced reply, both hidden `days` ago."""
+    """A deleted conversation and a regenerated reply's first version, both hidden `days` ago."""
     deleted, _, deleted_answer = make_chat(alice, model, title="Deleted")
     Feedback.objects.create(message=deleted_answer, user=alice, rating=Feedback.Rating.UP)
     conversations.delete_conversation(deleted)
     kept, _, answered = make_chat(alice, model, title="Kept")
     new = regenerated(alice, answered)
     event = Event.objects.create(
-        stage=Event.Stage.OUTPUT, action="flag", rule_name="r", message=answered, conversation=kept
+        stage=Event.Stage.OUTPUT, action="flag", rule_name="r", message=deleted_answer, conversation=deleted
     )
     past = timezone.now() - timedelta(days=days)
     Conversation.objects.filter(pk=deleted.pk).update(deleted_at=past)
@@ -201,22 +202,23 @@ def test_purge_deletes_what_was_hidden_longer_than_the_retention_and_keeps_the_r
 
     purged = retention.purge(days=30)
 
-    assert (purged.conversations, purged.messages) == (1, 1)
+    assert purged.conversations == 1
     assert not Conversation.objects.filter(pk=deleted.pk).exists()
     assert not Message.objects.filter(conversation_id=deleted.pk).exists()
     assert not Feedback.objects.filter(message__conversation_id=deleted.pk).exists()
-    assert not Message.objects.filter(pk=answered.pk).exists()
-    assert list(kept.messages.values_list("content", flat=True)) == ["Plan a weekend", new.content]
+    # A regenerated reply is a version the person can still show (chat.branches): it stays.
+    assert Message.objects.filter(pk=answered.pk).exists()
+    assert list(kept.messages.values_list("content", flat=True)) == ["Plan a weekend", answered.content, new.content]
     assert Conversation.objects.filter(pk=recent.pk).exists()  # hidden a day ago: still in the logs
     event.refresh_from_db()
-    assert event.message_id is None and event.conversation_id == kept.pk  # the review queue keeps its row
+    assert event.message_id is None and event.conversation_id is None  # the review queue keeps its row
 
 
 @pytest.mark.django_db
 def test_purge_keeps_everything_inside_the_retention(alice, small_model):
     _hidden_long_ago(alice, small_model, days=29)
     before = (Conversation.objects.count(), Message.objects.count())
-    assert (retention.purge(days=30).conversations, retention.purge(days=30).messages) == (0, 0)
+    assert retention.purge(days=30).conversations == 0
     assert (Conversation.objects.count(), Message.objects.count()) == before
 
 
@@ -224,9 +226,9 @@ def test_purge_keeps_everything_inside_the_retention(alice, small_model):
 def test_purge_uses_the_retention_setting(alice, small_model, settings):
     _hidden_long_ago(alice, small_model, days=10)
     settings.LOGS_RETENTION_DAYS = 30
-    assert str(retention.purge()) == "0 deleted conversation(s) and 0 replaced reply(ies)"
+    assert str(retention.purge()) == "0 deleted conversation(s)"
     settings.LOGS_RETENTION_DAYS = 7
-    assert str(retention.purge()) == "1 deleted conversation(s) and 1 replaced reply(ies)"
+    assert str(retention.purge()) == "1 deleted conversation(s)"
 
 
 def test_a_negative_retention_is_refused_with_a_clear_error():
@@ -239,11 +241,11 @@ def test_the_purgelogs_command_counts_on_a_dry_run_then_purges(alice, small_mode
     _hidden_long_ago(alice, small_model, days=3)
     out = StringIO()
     call_command("purgelogs", "--days", "2", "--dry-run", stdout=out)
-    assert out.getvalue().strip() == "Would purge 1 deleted conversation(s) and 1 replaced reply(ies)."
+    assert out.getvalue().strip() == "Would purge 1 deleted conversation(s)."
     assert Conversation.objects.count() == 2
     out = StringIO()
     call_command("purgelogs", "--days", "2", stdout=out)
-    assert out.getvalue().strip() == "Purged 1 deleted conversation(s) and 1 replaced reply(ies)."
+    assert out.getvalue().strip() == "Purged 1 deleted conversation(s)."
     assert Conversation.objects.count() == 1
     with pytest.raises(CommandError, match="--days must be 0 or more"):
         call_command("purgelogs", "--days", "-1")
@@ -255,7 +257,7 @@ def test_the_periodic_task_purges_and_is_on_the_celery_beat_schedule(alice, smal
 
     _hidden_long_ago(alice, small_model, days=3)
     settings.LOGS_RETENTION_DAYS = 1
-    assert tasks.purge_logs() == "1 deleted conversation(s) and 1 replaced reply(ies)"
+    assert tasks.purge_logs() == "1 deleted conversation(s)"
     app.loader.import_default_modules()
     scheduled = app.conf.beat_schedule["purge-logs"]
     assert scheduled["task"] == tasks.purge_logs.name and scheduled["task"] in app.tasks

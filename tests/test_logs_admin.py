@@ -18,7 +18,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from chat import conversations, export, replies, turns
+from chat import branches, conversations, export, replies, turns
 from chat.models import Conversation, Feedback, LanguageModel, Message
 from chat.rendering import render_markdown
 from inference.protocol import Done
@@ -55,6 +55,8 @@ def large(db):
 
 
 def say(conversation, role, content, **fields) -> Message:
+    """Add a message after the last one shown (as the chat page does)."""
+    fields.setdefault("parent", branches.leaf(conversation))
     return Message.objects.create(
         conversation=conversation, role=role, content=content, html=render_markdown(content), **fields
     )

@@ -7,7 +7,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from moderation.checks import check_input, current_rules
-from moderation.matching import RuleSet, masked
+from moderation.matching import RuleSet, masked, normalize
 from moderation.models import Event, Rule
 from moderation.streaming import OutputFilter
 
@@ -115,6 +115,56 @@ def test_regular_expressions_are_caught_within_the_stream_window(settings):
     prefixes, final, _ = stream("My number is 123-45-6789, call me.", current_rules(), 2)
     assert final == "My number is [ssn], call me."
     assert all("123-45" not in p and "45-6789" not in p for p in prefixes)
+
+
+def test_a_long_reply_is_filtered_in_linear_work_and_ends_as_one_view_of_it(monkeypatch):
+    rule("lighthouse keeper", replacement="***")
+    rule("gossip", action="flag")
+    rule(r"\b\d{3}-\d{2}-\d{4}\b", kind="regex", replacement="[ssn]")
+    rules = current_rules()
+    sentence = "The LIGHTHOUSE  keeper of Saltglass (ﬁne café, 123-45-6789) told gossip. "
+    text = (sentence * (20_000 // len(sentence) + 1))[:20_000]
+    whole = OutputFilter(rules)
+    expected = whole.view(text, len(text), final=True)  # the whole reply at once
+
+    normalized = []
+
+    def counting(chunk):
+        normalized.append(len(chunk))
+        return normalize(chunk)
+
+    monkeypatch.setattr("moderation.streaming.normalize", counting)
+    prefixes, final, blocked = stream(text, rules, pieces=5)
+    assert (final, blocked) == expected and "***" in final and "[ssn]" in final
+    for prefix in prefixes:
+        assert "lighthouse" not in prefix.lower() and "keeper" not in prefix.lower()
+    assert len(prefixes) == 4_000 and sum(normalized) < 30 * len(text), sum(normalized)  # not 4,000 x 10,000
+
+
+def test_each_view_of_a_streaming_reply_is_the_one_a_fresh_filter_gives():
+    rule("lighthouse keeper", replacement="***")
+    rule("bad")
+    rule("launch codes", action="block")
+    rules = current_rules()
+    text = "A badge, a BAD ｌｉｇｈｔｈｏｕｓｅ keeper; ﬁne e\u0301 s\u200bpace. " * 30 + "The launch codes are 1234."
+    view = OutputFilter(rules)
+    for end in range(3, len(text) + 3, 3):
+        raw, cut = text[:end], min(end, len(text)) - end % 4  # a stop string's tail held back now and then
+        assert view.view(raw, cut, final=False) == OutputFilter(rules).view(raw, cut, final=False), end
+    whole = OutputFilter(rules)
+    assert view.view(text, len(text), final=True) == whole.view(text, len(text), final=True)
+    assert view.moderation == whole.moderation and view.moderation[-1]["action"] == "block"
+
+
+def test_a_reply_cut_shorter_at_a_stop_string_is_viewed_again_whole():
+    rule("bad")
+    view = OutputFilter(current_rules())
+    long = "this is bad news. " * 20 + "STOP and then bad"
+    for end in range(4, len(long), 4):
+        view.view(long[:end], end, final=False)
+    short = long[: long.index("STOP")]
+    assert view.view(short, len(short), final=True) == (masked(short, current_rules().find(short, "output")), False)
+    assert len(view.moderation) == 20  # each match once, none from the text cut off
 
 
 def test_a_catastrophic_pattern_matches_in_linear_time():

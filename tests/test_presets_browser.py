@@ -7,63 +7,31 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from .live_client import use_model, wait_until_workers_loaded
-from .test_browser import (
-    ASSISTANT,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    PASSWORD,
-    USERNAME,
-    log_in,
-    new_chat,
-    wait_connected,
-    wait_finished,
-)
+from . import browser_helpers
+from .browser_helpers import ASSISTANT, USER, live_stack, new_chat, wait_connected, wait_finished
 
 pytestmark = [pytest.mark.browser, pytest.mark.stack]
 
-USER = '[data-testid="message"][data-role="user"]'
 PRESET = (
     "from presets.models import Preset\n"
     "Preset.objects.create(name='Precise', system_prompt='Answer in one short sentence.', temperature=0.2, "
     "top_k=10, max_tokens=12)\n"
 )
 
+# chromium and a logged-in page (tests/browser_helpers.py)
+browser = browser_helpers.browser
+page = browser_helpers.page
+
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model_dir):
-    from tests.stack import LiveStack
-
-    live = LiveStack(tmp_path_factory.mktemp("presets-stack"), workers=1, extra_env={"CHAT_RATE_LIMIT": "0"})
-    live.start()
-    try:
-        use_model(live, "tiny", str(tiny_model_dir))
-        wait_until_workers_loaded(live)
-        live.create_user(USERNAME, PASSWORD)
+    """The real stack serving the tiny model, with the preset "Precise"."""
+    stack_dir = tmp_path_factory.mktemp("presets-stack")
+    with live_stack(stack_dir, model_dir=tiny_model_dir, extra_env={"CHAT_RATE_LIMIT": "0"}) as live:
         live.run_manage("shell", "-c", PRESET)
         yield live
-    finally:
-        live.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser, stack):
-    context = browser.new_context(base_url=stack.url)
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    log_in(page)
-    yield page
-    context.close()
 
 
 def test_choosing_a_preset_fills_the_system_prompt_and_the_settings(page):

@@ -187,3 +187,42 @@ def test_a_hostile_code_fence_language_cannot_add_markup():
         html = render_markdown(f"```{fence}\nx = 1\n```")
         assert not tags_named(html, "img") and not tags_named(html, "b")
         assert_nothing_executable(html)
+
+
+def test_renderings_in_many_threads_at_once_each_get_their_own_text():
+    """Live rendering runs in several threads at once (one per streaming reply): neither the
+    Markdown converter nor bleach's parser may be shared between them (a shared one raised
+    errors and mixed replies). The switch interval is cut so threads interleave mid-parse."""
+    import sys
+    import threading
+
+    texts = [
+        f"# Reply {i}\n\n"
+        + "\n\n".join(
+            f"Paragraph {j} of reply {i}, **bold {i}**, `code {i}`, https://example.com/{i}/{j}" for j in range(30)
+        )
+        + f"\n\n```python\nprint({i})\n```\n"
+        for i in range(6)
+    ]
+    expected = [render_markdown(t) for t in texts]
+    failures = []
+
+    def render_often(i: int) -> None:
+        for _ in range(10):
+            try:
+                if render_markdown(texts[i]) != expected[i]:
+                    failures.append((i, "another reply's text or a broken tree"))
+            except Exception as exc:
+                failures.append((i, repr(exc)))
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=render_often, args=(i,)) for i in range(len(texts))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(previous)
+    assert failures == []

@@ -219,6 +219,7 @@ def alices_finished_chat(alice, model) -> tuple[Conversation, Message, Message]:
     )
     answer = Message.objects.create(
         conversation=conversation,
+        parent=question,
         role=Message.Role.ASSISTANT,
         content="Secret answer",
         html=render_markdown("Secret answer"),
@@ -268,6 +269,17 @@ async def test_another_user_cannot_regenerate_a_reply(alice, bob, tiny_model):
     await send(ws, {"type": "chat.regenerate", "message": answer.pk})
     frame = await expect_error(ws, "not_found")
     assert frame["message_id"] == answer.pk
+    assert await messages_of(conversation.pk) == before
+    await ws.disconnect()
+
+
+async def test_another_user_cannot_edit_a_message(alice, bob, tiny_model):
+    conversation, question, _ = await alices_finished_chat(alice, tiny_model)
+    before = await messages_of(conversation.pk)
+    ws, _ = await connect(bob)
+    await send(ws, {"type": "chat.edit", "message": question.pk, "content": "Mine now"})
+    frame = await expect_error(ws, "not_found")
+    assert frame["message_id"] == question.pk
     assert await messages_of(conversation.pk) == before
     await ws.disconnect()
 

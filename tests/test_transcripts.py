@@ -68,6 +68,7 @@ def test_delete_all_hides_every_chat_conversation_but_keeps_them_for_the_logs(cl
     ],
 )
 def test_a_new_conversation_s_title_is_its_first_message_cut_at_a_word(content, title):
-    from chat.turns import TITLE_CHARS, initial_title
+    from chat.titles import TITLE_CHARS
+    from chat.titles import cut as initial_title
 
     assert initial_title(content) == title and len(title) <= TITLE_CHARS

@@ -31,16 +31,22 @@ def choose_backend(spec: ModelSpec) -> str:
 
 
 def _open_transformers(spec: ModelSpec, model_dir: Path, options: dict) -> Backend:
+    from .torch_thread import TORCH, OnTorchThread
     from .transformers import BatchEngine
 
-    model, tokenizer = load_model(spec, model_dir)
-    return BatchEngine(
-        model,
-        tokenizer,
-        max_batch=options["max_batch"],
-        prefill_chunk=options["prefill_chunk"],
-        max_adapters=options.get("max_adapters", 16),
-    )
+    def build() -> BatchEngine:
+        model, tokenizer = load_model(spec, model_dir)
+        return BatchEngine(
+            model,
+            tokenizer,
+            max_batch=options["max_batch"],
+            prefill_chunk=options["prefill_chunk"],
+            max_adapters=options.get("max_adapters", 16),
+        )
+
+    # Torch runs on a thread that ends when idle, so that llama.cpp models served by the same
+    # worker keep their speed afterwards (torch_thread.py).
+    return OnTorchThread(TORCH.call(build))
 
 
 def _open_llamacpp(spec: ModelSpec, model_dir: Path, options: dict) -> Backend:

@@ -30,6 +30,33 @@ WAIT_S = 0.02  # longest a step waits for a first event while requests run
 GATHER_S = 0.025
 
 
+def choose_slot(free: list[int], cached: dict[int, list[int]], prompt: list[int], n_batch: int) -> int:
+    """The llama.cpp slot for a prompt, among the free ones. llama.cpp fills each batch slot by
+    slot in slot order, so a prompt being read in a low slot holds back every prompt in a higher
+    one until it is read whole (bench/llamacpp_slots.py: a short prompt's first token after 0.46 s
+    below a 1,900-token one, 9.71 s above it). So: the slot whose cache (`cached`: the prompt it
+    last read) shares the longest start with this prompt, when that leaves at most one batch to
+    read or saves at least a batch; otherwise, the highest free slot for a long read and the
+    lowest for a short one."""
+    best, shared = free[0], -1
+    for slot in free:
+        common = _common_start(cached.get(slot, ()), prompt)
+        if common > shared:
+            best, shared = slot, common
+    if len(prompt) - shared <= n_batch and shared > 0 or shared >= n_batch:
+        return best
+    return max(free) if len(prompt) > n_batch else min(free)
+
+
+def _common_start(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def adapter_gguf(folder) -> Path:
     """Where a LoRA adapter folder keeps its llama.cpp copy (finetuning.gguf_files.write_lora)."""
     return Path(folder) / "adapter.gguf"
@@ -77,6 +104,10 @@ class LlamaCppBackend(Backend):
         params.warmup = True
         self.server = xllamacpp.Server(params)
         self.n_parallel = n_parallel
+        self.n_batch = n_batch
+        self._free_slots = set(range(n_parallel))
+        self._slot_of: dict[str, int] = {}
+        self._cached: dict[int, list[int]] = {}  # slot → the prompt it last read (its cache)
         self._events: queue.Queue[StepEvent] = queue.Queue()
         self._running: dict[str, threading.Thread] = {}
         self._cancelled: set[str] = set()
@@ -97,6 +128,11 @@ class LlamaCppBackend(Backend):
         thread = threading.Thread(target=self._run, args=(request,), name=f"llamacpp-{request.id}", daemon=True)
         with self._lock:
             self._running[request.id] = thread
+            if self._free_slots:  # else llama.cpp queues it for the first slot that frees
+                slot = choose_slot(sorted(self._free_slots), self._cached, request.prompt_ids, self.n_batch)
+                self._free_slots.discard(slot)
+                self._slot_of[request.id] = slot
+                self._cached[slot] = list(request.prompt_ids)
         thread.start()
 
     def cancel(self, request_id: str) -> None:
@@ -173,6 +209,9 @@ class LlamaCppBackend(Backend):
         }
         if request.seed is not None:
             body["seed"] = int(request.seed)
+        slot = self._slot_of.get(request.id)
+        if slot is not None:
+            body["id_slot"] = slot
         if self.adapters:
             # Every adapter's scale, always: one left out keeps its load-time scale.
             chosen = self._adapter_index.get(request.adapter)
@@ -209,6 +248,10 @@ class LlamaCppBackend(Backend):
             # Users see the kind only: the text may name paths (it is in the log above).
             error = f"Generation failed ({type(exc).__name__})."
             self._put(request, state, StepEvent(request.id, finish_reason="error", error=error))
+        with self._lock:
+            slot = self._slot_of.pop(request.id, None)
+            if slot is not None:
+                self._free_slots.add(slot)
         if not state["finished"]:
             reason = "cancelled" if request.id in self._cancelled else "error"
             error = "" if reason == "cancelled" else "llama.cpp ended the request without a result."

@@ -61,7 +61,8 @@
   var state = {
     conversation: config.conversation,
     generating: null,        // id of the assistant message generating in this conversation
-    pending: null,           // {kind: "send"|"regenerate", content, replaces} until chat.started
+    pending: null,           // {kind: "send"|"regenerate"|"edit", content, replaces} until chat.started
+    versions: config.versions || {},  // message id -> ids of its versions, oldest first (chat/branches.py)
     lastSeq: {},             // message id -> last delta seq applied
     streamText: {},          // message id -> the reply's Markdown so far (the deltas' text)
     lastSent: null,          // {message, content}: the reply to the message last sent from the box
@@ -132,6 +133,18 @@
     return element.querySelector(".message-body");
   }
 
+  /** A button with a test id and a name a screen reader reads (`label`, also its tooltip). */
+  function makeButton(className, testid, label, text) {
+    var button = document.createElement("button");
+    button.type = "button";
+    button.className = className;
+    button.setAttribute("data-testid", testid);
+    button.setAttribute("aria-label", label);
+    button.title = label;
+    button.textContent = text;
+    return button;
+  }
+
   // ---------------------------------------------------------------- scrolling
 
   function nearBottom() {
@@ -179,10 +192,10 @@
       stats.className = "message-stats";
       stats.setAttribute("data-testid", "message-stats");
       article.appendChild(stats);
-      var actions = document.createElement("div");
-      actions.className = "message-actions";
-      article.appendChild(actions);
     }
+    var actions = document.createElement("div");
+    actions.className = "message-actions";
+    article.appendChild(actions);
     els.messagesEmpty.hidden = true;
     els.messages.appendChild(article);
     return article;
@@ -326,6 +339,189 @@
     els.stop.hidden = !state.generating;
     els.composer.classList.toggle("is-busy", busy);
     updateRegenerate();
+    renderVersions();
+    var edits = els.messages.querySelectorAll('[data-testid="edit-message"], [data-testid="edit-send"]');
+    for (var i = 0; i < edits.length; i++) edits[i].disabled = busy;
+  }
+
+  // ---------------------------------------------------------------- versions and edits
+  // A conversation is a tree (chat/branches.py): an edited message and a regenerated reply are
+  // new versions of a message. The page shows one branch; "‹ 2 / 3 ›" shows another version,
+  // with the branch below it (POST /api/messages/<id>/show/).
+
+  /** Remove the message `id` and every message after it (the branch below it). */
+  function removeFrom(id) {
+    var element = messageElement(id);
+    while (element) {
+      var next = element.nextElementSibling;
+      if (element.getAttribute("data-testid") === "message") element.remove();
+      element = next;
+    }
+  }
+
+  function actionsOf(element) {
+    var actions = element.querySelector(".message-actions");
+    if (!actions) {
+      actions = document.createElement("div");
+      actions.className = "message-actions";
+      element.appendChild(actions);
+    }
+    return actions;
+  }
+
+  function versionButton(testid, label, symbol, target, disabled) {
+    var button = makeButton("button small version-step", testid, label, symbol);
+    button.disabled = disabled;
+    button.addEventListener("click", function () { showVersion(target); });
+    return button;
+  }
+
+  function renderVersions() {
+    var old = els.messages.querySelectorAll('[data-testid="versions"]');
+    for (var i = 0; i < old.length; i++) old[i].remove();
+    var busy = Boolean(state.generating || state.pending);
+    Object.keys(state.versions).forEach(function (key) {
+      var ids = state.versions[key];
+      var element = messageElement(key);
+      if (!element || !ids || ids.length < 2) return;
+      var index = ids.indexOf(Number(key));
+      if (index < 0) return;
+      var what = element.getAttribute("data-role") === "user" ? "message" : "reply";
+      var nav = document.createElement("span");
+      nav.className = "versions";
+      nav.setAttribute("data-testid", "versions");
+      nav.setAttribute("role", "group");
+      nav.setAttribute("aria-label", "Versions of this " + what);
+      var label = document.createElement("span");
+      label.setAttribute("data-testid", "version-label");
+      label.textContent = (index + 1) + " / " + ids.length;
+      nav.appendChild(versionButton("version-prev", "Previous version of this " + what, "‹",
+                                    ids[index - 1], busy || index === 0));
+      nav.appendChild(label);
+      nav.appendChild(versionButton("version-next", "Next version of this " + what, "›",
+                                    ids[index + 1], busy || index === ids.length - 1));
+      var actions = actionsOf(element);
+      actions.insertBefore(nav, actions.firstChild);
+    });
+  }
+
+  function mergeVersions(versions) {
+    Object.keys(versions || {}).forEach(function (key) {
+      versions[key].forEach(function (id) { state.versions[id] = versions[key]; });
+    });
+  }
+
+  /** The branch the server shows now ({messages, versions, feedback}): the page follows it. */
+  function applyThread(data) {
+    config.feedback = Object.assign(config.feedback || {}, data.feedback || {});
+    state.versions = data.versions || {};
+    syncMessages(data.messages || []);
+    attachEditButtons();
+    updateControls();
+  }
+
+  function fetchThread() {
+    return fetch("/api/conversations/" + Number(state.conversation) + "/messages/", { credentials: "same-origin" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.json();
+      });
+  }
+
+  function showVersion(id) {
+    if (state.generating || state.pending || id == null) return;
+    hideError();
+    postJSON("/api/messages/" + Number(id) + "/show/", {}).then(function (result) {
+      if (!result.ok) {
+        showError(result.data && result.data.error ? result.data.error.message : "Could not show that version.");
+        return;
+      }
+      applyThread(result.data);
+      var ids = state.versions[id] || [id];
+      announce("Showing version " + (ids.indexOf(Number(id)) + 1) + " of " + ids.length + ".");
+    }).catch(function () { showError("Could not show that version (network error)."); });
+  }
+
+  function attachEditButton(element) {
+    if (element.getAttribute("data-role") !== "user" || element.querySelector('[data-testid="edit-message"]')) return;
+    var button = makeButton("button small", "edit-message", "Edit this message and send it again", "Edit");
+    button.disabled = Boolean(state.generating || state.pending);
+    button.addEventListener("click", function () { startEdit(element); });
+    actionsOf(element).appendChild(button);
+  }
+
+  function attachEditButtons() {
+    var users = els.messages.querySelectorAll('[data-testid="message"][data-role="user"]');
+    for (var i = 0; i < users.length; i++) attachEditButton(users[i]);
+  }
+
+  /** Edit a sent message in place; sending it forks the conversation there (chat.edit). */
+  function startEdit(element) {
+    if (element.querySelector(".edit-form")) return;
+    var id = Number(element.getAttribute("data-message-id"));
+    var body = bodyOf(element);
+    var form = document.createElement("form");
+    form.className = "edit-form";
+    form.setAttribute("data-testid", "edit-form");
+    var area = document.createElement("textarea");
+    area.setAttribute("data-testid", "edit-input");
+    area.setAttribute("aria-label", "Edit your message");
+    area.rows = 3;
+    if (config.maxMessageChars) area.maxLength = config.maxMessageChars;
+    var stored = element.getAttribute("data-markdown");
+    area.value = stored !== null ? stored : body.textContent;
+    var buttons = document.createElement("div");
+    buttons.className = "edit-buttons";
+    var save = document.createElement("button");
+    save.type = "submit";
+    save.className = "button small primary";
+    save.setAttribute("data-testid", "edit-send");
+    save.textContent = "Send";
+    var cancel = makeButton("button small", "edit-cancel", "Cancel the edit", "Cancel");
+    buttons.appendChild(save);
+    buttons.appendChild(cancel);
+    form.appendChild(area);
+    form.appendChild(buttons);
+    body.hidden = true;
+    element.insertBefore(form, body.nextSibling);
+    area.focus();
+
+    function close() {
+      form.remove();
+      body.hidden = false;
+    }
+    cancel.addEventListener("click", close);
+    area.addEventListener("keydown", function (event) {
+      if (event.key === "Escape") {
+        event.preventDefault();
+        event.stopPropagation();
+        close();
+      } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        form.requestSubmit();
+      }
+    });
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      if (state.generating || state.pending) return;
+      if (!area.value.trim()) {
+        showError("The message is empty: type something to send.");
+        return;
+      }
+      if (!state.modelConfirmed) {
+        showError("This conversation's model was disabled. Choose “Use " + modelName(config.defaultModel) +
+                  "” above, or another model in Settings, then send again.");
+        return;
+      }
+      hideError();
+      var frame = { type: "chat.edit", message: id, content: area.value };
+      if (els.modelSelect.value) frame.model = els.modelSelect.value;
+      var params = sendParams();
+      if (Object.keys(params).length) frame.params = params;
+      state.pending = { kind: "edit", content: area.value, replaces: id };
+      state.pending.sent = transmit(frame);
+      updateControls();
+    });
   }
 
   // ---------------------------------------------------------------- copy buttons
@@ -375,13 +571,7 @@
   }
 
   function copyButton(testid, label, getText) {
-    var button = document.createElement("button");
-    button.type = "button";
-    button.className = "button small copy-button " + testid;
-    button.setAttribute("data-testid", testid);
-    button.setAttribute("aria-label", label);
-    button.title = label;
-    button.textContent = "Copy";
+    var button = makeButton("button small copy-button " + testid, testid, label, "Copy");
     button.addEventListener("click", function () { copyText(getText(), button); });
     return button;
   }
@@ -521,14 +711,7 @@
   }
 
   function iconButton(name, label, symbol) {
-    var button = document.createElement("button");
-    button.type = "button";
-    button.className = "icon-button " + name;
-    button.setAttribute("data-testid", name);
-    button.title = label;
-    button.setAttribute("aria-label", label);
-    button.textContent = symbol;
-    return button;
+    return makeButton("icon-button " + name, name, label, symbol);
   }
 
   function renderConversationList(items) {
@@ -875,14 +1058,7 @@
   }
 
   function feedbackButton(testid, label, symbol) {
-    var button = document.createElement("button");
-    button.type = "button";
-    button.className = "icon-button feedback-button";
-    button.setAttribute("data-testid", testid);
-    button.setAttribute("aria-label", label);
-    button.title = label;
-    button.textContent = symbol;
-    return button;
+    return makeButton("icon-button feedback-button", testid, label, symbol);
   }
 
   function feedbackField(testid, labelText, maxLength) {
@@ -1183,14 +1359,10 @@
       showError("The connection dropped before the reply started. Please send the message again.");
       return;
     }
-    fetch("/api/conversations/" + Number(state.conversation) + "/messages/", { credentials: "same-origin" })
-      .then(function (response) {
-        if (!response.ok) throw new Error("HTTP " + response.status);
-        return response.json();
-      })
+    fetchThread()
       .then(function (data) {
         var messages = data.messages || [];
-        syncMessages(messages);
+        applyThread(data);
         var users = messages.filter(function (m) { return m.role === "user"; });
         var stored = users.length && users[users.length - 1].content === lost.content;
         if (lost.kind === "send" && stored && els.input.value === lost.content) {
@@ -1227,8 +1399,10 @@
       } else if (m.html) {
         body.innerHTML = m.html;  // server-rendered, sanitized
         body.classList.remove("plain");
+        element.setAttribute("data-markdown", m.content);
       } else {
         body.textContent = m.content;
+        element.setAttribute("data-markdown", m.content);
       }
     });
     scrollToBottom(false);
@@ -1253,13 +1427,14 @@
     if (frame.event === "started") {
       touchConversation(id, frame.title);
       if (id !== state.conversation || messageElement(frame.message)) return;
-      if (frame.replaces != null) {
-        var replaced = messageElement(frame.replaces);
-        if (replaced) replaced.remove();
-      }
+      if (frame.replaces != null) removeFrom(frame.replaces);  // regenerated or edited
       if (frame.user_message != null && !messageElement(frame.user_message)) {
-        bodyOf(createMessage(frame.user_message, "user")).textContent = frame.user_content || "";
+        var shown = createMessage(frame.user_message, "user");
+        bodyOf(shown).textContent = frame.user_content || "";
+        shown.setAttribute("data-markdown", frame.user_content || "");
+        attachEditButton(shown);
       }
+      mergeVersions(frame.versions);
       var assistant = createMessage(frame.message, "assistant", modelName(frame.model));
       setGeneratingLook(assistant);
       state.lastSeq[frame.message] = 0;
@@ -1268,6 +1443,12 @@
       announce("A reply started in another tab…");
       scrollToBottom(true);
       updateControls();
+    } else if (frame.event === "switched") {
+      if (id === state.conversation && !state.pending && !state.generating) {
+        fetchThread().then(applyThread).catch(function () {
+          showError("Another tab showed another version. Reload the page to see it.");
+        });
+      }
     } else if (frame.event === "renamed") {
       setTitle(id, frame.title);
     } else if (frame.event === "deleted") {
@@ -1302,10 +1483,9 @@
     }
     touchConversation(frame.conversation, frame.title);
 
-    if (pending && pending.kind === "regenerate") {
-      var old = messageElement(pending.replaces);
-      if (old && Number(frame.message) !== pending.replaces) old.remove();
-    }
+    // A regenerated reply or an edited message: the branch it replaces goes (a version now).
+    if (frame.replaces != null && Number(frame.replaces) !== Number(frame.message)) removeFrom(frame.replaces);
+    mergeVersions(frame.versions);
     if (pending && pending.template) clearTemplateValues();
     if (pending && pending.kind === "send" && !pending.template) {
       // Cleared only now that the server took it: a refused message stays in the box.
@@ -1320,16 +1500,20 @@
     if (frame.user_message != null && !messageElement(frame.user_message)) {
       var user = createMessage(frame.user_message, "user");
       // Plain text until the page is reloaded (the server renders the Markdown then). A
-      // template's prompt was filled by the server: show what it sent.
+      // template's prompt was filled by the server, an edited message sent from its own box:
+      // show what the server stored.
       if (typeof frame.user_content === "string") {
         bodyOf(user).textContent = frame.user_content;
+        user.setAttribute("data-markdown", frame.user_content);
         if (frame.template) {
           user.querySelector(".message-meta").textContent =
             "You · template " + frame.template.name + " v" + frame.template.version;
         }
       } else {
         bodyOf(user).textContent = pending && pending.content != null ? pending.content : "";
+        user.setAttribute("data-markdown", bodyOf(user).textContent);
       }
+      attachEditButton(user);
     }
     var assistant = messageElement(frame.message);
     if (assistant) {
@@ -1351,7 +1535,7 @@
     // A refused send carries no message id; a refused regenerate carries the replaced reply's.
     var refusesPending = pending && (
       (pending.kind === "send" && aboutMessage === null) ||
-      (pending.kind === "regenerate" && aboutMessage === pending.replaces));
+      ((pending.kind === "regenerate" || pending.kind === "edit") && aboutMessage === pending.replaces));
     if (refusesPending) {
       state.pending = null;
       if (pending.kind === "send" && !els.input.value && pending.content) els.input.value = pending.content;
@@ -1359,6 +1543,7 @@
         countMessage();
         els.input.focus();  // refused (too long, say): the message is still there, to be edited
       }
+      // A refused edit keeps its box open with the text, to be changed and sent again.
     }
     if (frame.code === "stream_failed" && aboutMessage !== null && aboutMessage === state.generating) {
       // The server lost this reply's stream for a moment: ask again from the last seq seen.
@@ -1492,6 +1677,7 @@
     attachCopyButtons(assistants[a]);
     attachFeedback(assistants[a]);
   }
+  attachEditButtons();
   countMessage();
   if (config.activeMessage) {
     // A reply was still generating when the page loaded: replay it from the start.

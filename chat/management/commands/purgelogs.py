@@ -19,8 +19,7 @@ class Command(BaseCommand):
         if days is not None and days < 0:
             raise CommandError(f"--days must be 0 or more (got {days}).")
         if dry_run:
-            conversations, messages = retention.expired(days)
-            found = retention.Purged(conversations.count(), messages.count())
+            found = retention.Purged(retention.expired(days).count())
             self.stdout.write(f"Would purge {found}.")
             return
         self.stdout.write(f"Purged {retention.purge(days)}.")

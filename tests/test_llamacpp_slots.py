@@ -1,0 +1,66 @@
+"""The llama.cpp backend chooses each request's slot: llama.cpp reads waiting prompts slot by slot
+in slot order, so a short prompt in a slot above a long one's waits for all of it
+(bench/llamacpp_slots.py measures it)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from inference.backends import open_backend
+from inference.backends.base import GenerationRequest
+from inference.backends.llamacpp import choose_slot
+from inference.loading import PACKAGED_GGUF, PACKAGED_SLUG, ModelSpec
+from inference.prompts import apply_template
+
+from .conftest import TEST_MODEL_DIR
+
+
+def test_a_long_prompt_takes_the_highest_free_slot_and_a_short_one_the_lowest():
+    assert choose_slot([0, 1, 2, 3], {}, list(range(500)), 64) == 3
+    assert choose_slot([0, 1, 2, 3], {}, list(range(20)), 64) == 0
+    assert choose_slot([1, 2], {}, list(range(20)), 64) == 1
+
+
+def test_a_conversation_goes_back_to_the_slot_that_holds_its_start():
+    history = list(range(1000))
+    cached = {0: [7, 7, 7], 2: history}
+    # The next turn: the history plus a short message; only the new tokens are left to read.
+    assert choose_slot([0, 1, 2, 3], cached, history + [5, 6, 7], 64) == 2
+    # A long prompt sharing more than a batch with a cached one still reuses it.
+    assert choose_slot([0, 1, 2, 3], cached, history[:200] + list(range(5000, 5800)), 64) == 2
+    # Sharing a little while a long read is left: the highest free slot, as for a new prompt.
+    assert choose_slot([0, 1, 2, 3], {0: [1, 2]}, [1, 2] + list(range(9000, 9500)), 64) == 3
+
+
+@pytest.mark.slow
+def test_a_short_prompt_starts_before_a_long_one_that_came_first_has_been_read():
+    """Real llama.cpp on the packaged GGUF, batches of 32 tokens: a ~600-token prompt is added,
+    then a short one; the short one's first token comes before the long one's."""
+    spec = ModelSpec(
+        slug=PACKAGED_SLUG, source="packaged", location="", backend="llamacpp", gguf_file=PACKAGED_GGUF, dtype="auto"
+    )
+    backend = open_backend(
+        spec, TEST_MODEL_DIR, max_batch=4, prefill_chunk=64, parallel=4, threads=0, batch=32,
+        max_input_tokens=1024, max_new_tokens=64,
+    )  # fmt: skip
+    try:
+        template = backend.tokenizer
+        long_prompt = apply_template(template, [{"role": "user", "content": " ".join(f"item{i}" for i in range(150))}])
+        short_prompt = apply_template(template, [{"role": "user", "content": "hi"}])
+        assert len(long_prompt) > 500
+        backend.add(GenerationRequest("long", long_prompt, max_new_tokens=2))
+        assert backend._slot_of["long"] == 3  # the highest of the 4 slots
+        time.sleep(0.2)  # the long prompt is being read
+        backend.add(GenerationRequest("short", short_prompt, max_new_tokens=2))
+        assert backend._slot_of["short"] == 0
+        first: list[str] = []
+        deadline = time.monotonic() + 120
+        while backend.has_work and time.monotonic() < deadline:
+            for event in backend.step():
+                if event.new_tokens and event.request_id not in first:
+                    first.append(event.request_id)
+        assert first == ["short", "long"]
+    finally:
+        backend.close()
