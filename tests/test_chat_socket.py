@@ -363,4 +363,3 @@ async def test_a_closing_socket_waits_for_its_forwarders_database_call(alice, ti
     assert await asyncio.to_thread(entered.wait, 10), "the forwarder never asked about its quiet reply"
     await ws.disconnect()
     assert finished.is_set(), "the socket ended while its forwarder's database call still ran"
-
