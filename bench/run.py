@@ -114,7 +114,8 @@ class BareLlamaCpp:
         out = self._reply(prompt)
         return {"tok_s": out["tokens"] / (out["done"] - out["sent"]), "ttft_ms": (out["first"] - out["sent"]) * 1000}
 
-    def together(self, prompts: list[str]) -> float:
+    def each(self, prompts: list[str]) -> list[dict]:
+        """All prompts at once, a thread each: every reply's sent, first and done times."""
         import threading
 
         outs: list[dict] = [{} for _ in prompts]
@@ -127,6 +128,10 @@ class BareLlamaCpp:
             t.start()
         for t in threads:
             t.join()
+        return outs
+
+    def together(self, prompts: list[str]) -> float:
+        outs = self.each(prompts)
         return sum(o["tokens"] for o in outs) / (max(o["done"] for o in outs) - min(o["sent"] for o in outs))
 
 
@@ -213,11 +218,13 @@ class InChild:
         return value
 
     def single(self, prompt: str) -> dict:
-        self.conn.send(("single", prompt))
-        return self._answer()
+        return self.call("single", prompt)
 
     def together(self, prompts: list[str]) -> float:
-        self.conn.send(("together", prompts))
+        return self.call("together", prompts)
+
+    def call(self, method: str, argument):
+        self.conn.send((method, argument))
         return self._answer()
 
     def close(self) -> None:
@@ -256,6 +263,7 @@ async def one_reply(stack, cookie: str, prompt: str, tokens: int, conversation=N
     usage, timing = reply.done["usage"], reply.done["timing"]
     return {
         "sent": reply.sent_at,
+        "started": reply.started_at,
         "first": reply.first_at,
         "done": reply.done_at,
         "ttft_ms": (reply.first_at - reply.sent_at) * 1000,

@@ -187,7 +187,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         after = frame.get("after", 0)
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise turns.TurnError("invalid_field", "after must be a whole number (the last seq you received).")
-        self.forward(message.pk, after)
+        self.forward(message.pk, after, resumed=True)
 
     # --- streaming -----------------------------------------------------------------------------
     async def start(self, turn: turns.Turn) -> None:
@@ -201,7 +201,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await database_sync_to_async(replies.end)(turn.reply.pk, content="", done=done)
             await database_sync_to_async(turns.abandon)(turn)
             raise
-        await database_sync_to_async(turns.drop_replaced)(turn)
+        if turn.replaces is not None:
+            await database_sync_to_async(turns.drop_replaced)(turn)
         started = turn.started_frame()
         await self.send_json(started)
         self.forward(turn.reply.pk, 0)
@@ -217,22 +218,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not self.closed and event.get("origin") != self.socket_id:
             await self.send_json({"type": "chat.sync", **{k: v for k, v in event.items() if k != "origin"}})
 
-    def forward(self, message_id: int, after: int) -> None:
+    def forward(self, message_id: int, after: int, resumed: bool = False) -> None:
         previous = self.forwarders.pop(message_id, None)
         if previous is not None:
             previous.cancel()
-        self.forwarders[message_id] = asyncio.create_task(self._forward(message_id, after))
+        self.forwarders[message_id] = asyncio.create_task(self._forward(message_id, after, resumed))
 
-    async def _forward(self, message_id: int, after: int) -> None:
+    async def _forward(self, message_id: int, after: int, resumed: bool = False) -> None:
         """Send every delta with seq > after, then live ones, until the reply's `done`. The last
         delta of each batch read carries the rendering of the whole reply so far (chat/live.py)."""
         last = after
         request_id = replies.request_id(message_id)
         rendering = live.LiveMarkdown()
         needs_prefix = after > 0  # resumed: the rendering covers the text before `after` too
-        # The first pass does not wait, so a reply that already ended (or whose worker died)
-        # is settled at once on resume.
-        quiet_since = time.monotonic() - IDLE_CHECK_MS / 1000
+        # On resume the first pass does not wait, so a reply that already ended (or whose worker
+        # died) is settled at once. A reply just queued is not asked about before its stream has
+        # been quiet a while: 8 users sending at once queued 8 such database calls between their
+        # turns in daphne's one database thread.
+        quiet_since = time.monotonic() - (IDLE_CHECK_MS / 1000 if resumed else 0)
         block_ms = None
         failures = 0
         try:

@@ -92,6 +92,7 @@ class Reply:
     done: dict | None = None
     errors: list = field(default_factory=list)
     sent_at: float = 0.0
+    started_at: float | None = None  # chat.started's arrival
     first_at: float | None = None
     last_at: float | None = None  # the last delta's arrival
     done_at: float | None = None
@@ -148,6 +149,7 @@ class Client:
                 return reply
             if frame["type"] == "chat.started":
                 reply.started = frame
+                reply.started_at = time.monotonic()
         return reply
 
     async def follow(

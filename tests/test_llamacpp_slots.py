@@ -64,3 +64,39 @@ def test_a_short_prompt_starts_before_a_long_one_that_came_first_has_been_read()
         assert first == ["short", "long"]
     finally:
         backend.close()
+
+
+def test_a_seeded_request_reads_its_whole_prompt_and_others_reuse_the_cache():
+    """A prompt partly read from a slot's cache is computed in other batch shapes, whose last bits
+    differ on some CPUs: a seeded reply once changed between two runs with the same seed."""
+    from types import SimpleNamespace
+
+    from inference.backends.llamacpp import LlamaCppBackend
+
+    state = SimpleNamespace(_slot_of={}, adapters={})
+    seeded = LlamaCppBackend._body(state, GenerationRequest("a", [1, 2, 3], max_new_tokens=8, seed=7))
+    unseeded = LlamaCppBackend._body(state, GenerationRequest("b", [1, 2, 3], max_new_tokens=8))
+    assert seeded["cache_prompt"] is False and seeded["seed"] == 7
+    assert unseeded["cache_prompt"] is True and "seed" not in unseeded
+
+
+@pytest.mark.slow
+def test_closing_right_after_fail_all_waits_for_the_request_threads():
+    """fail_all stops counting its requests at once while their threads are still inside
+    llama.cpp; closing then destroyed the server under them, and the process aborted at exit
+    ("FATAL: exception not rethrown")."""
+    import threading
+
+    spec = ModelSpec(
+        slug=PACKAGED_SLUG, source="packaged", location="", backend="llamacpp", gguf_file=PACKAGED_GGUF, dtype="auto"
+    )
+    backend = open_backend(
+        spec, TEST_MODEL_DIR, max_batch=4, prefill_chunk=64, parallel=4, threads=0,
+        max_input_tokens=1024, max_new_tokens=64,
+    )  # fmt: skip
+    prompt = apply_template(backend.tokenizer, [{"role": "user", "content": "Count from one to one hundred."}])
+    backend.add(GenerationRequest("f1", prompt, max_new_tokens=60))
+    backend.add(GenerationRequest("f2", prompt, max_new_tokens=60))
+    backend.fail_all("boom")
+    backend.close()
+    assert not [t.name for t in threading.enumerate() if t.name in ("llamacpp-f1", "llamacpp-f2")]
