@@ -5,7 +5,7 @@ done.timing.ttft_ms) and when the first delta reached the client; then the round
 tokens/s. A round's aggregate is total tokens / (last done - first send), so a reply admitted
 late stretches the round while fewer sequences share the engine.
 
-    .venv/bin/python bench/admission.py [--rounds 3] [--users 8] [--tokens 96]
+    .venv/bin/python bench/admission.py [--rounds 3] [--users 8] [--tokens 96] [--env NAME=VALUE ...]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=96)
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the stack (repeatable)")
     args = parser.parse_args()
 
     from bench import run
@@ -43,6 +44,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="chat-admission-") as tmp:
         env = {"CHAT_RATE_LIMIT": "0", "LOG_LEVEL": "WARNING", "INFERENCE_LLAMACPP_PARALLEL": str(args.users)}
+        env.update(item.split("=", 1) for item in args.env)
         stack = LiveStack(Path(tmp), workers=1, extra_env=env)
         stack.start()
         try:
