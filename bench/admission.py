@@ -15,7 +15,6 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,48 +35,31 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench import run
-    from tests.live_client import login_cookie
-    from tests.stack import LiveStack
 
-    threads = int(os.environ.get("INFERENCE_LLAMACPP_THREADS") or os.cpu_count() or 1)
-    bare = run.InChild(run.BareLlamaCpp, args.tokens, threads, args.users)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="chat-admission-") as tmp:
-        env = {"CHAT_RATE_LIMIT": "0", "LOG_LEVEL": "WARNING", "INFERENCE_LLAMACPP_PARALLEL": str(args.users)}
-        env.update(item.split("=", 1) for item in args.env)
-        stack = LiveStack(Path(tmp), workers=1, extra_env=env)
-        stack.start()
-        try:
-            cookie = login_cookie(stack, "bench")
-            cookies = run.user_cookies(stack, args.users)
-            run.set_backend(stack, "llamacpp")
-            asyncio.run(run.one_reply(stack, cookie, "Say hello.", 8))
-            for i in range(args.rounds):
-                prompts = [
-                    f"{run.PROMPTS[(i * 5 + j) % len(run.PROMPTS)]} (admission {i} {j})" for j in range(args.users)
-                ]
-                time.sleep(run.SETTLE_S)
-                outs = bare.call("each", [p + " bare" for p in prompts])
-                start = min(o["sent"] for o in outs)
-                bare_round = max(o["done"] for o in outs) - start
-                bare_agg = sum(o["tokens"] for o in outs) / bare_round
-                print(f"round {i}: bare llama.cpp {bare_agg:.1f} tokens/s in {bare_round:.2f} s")
-                print(f"  bare first tokens (ms from the first send): {ms(o['first'] - start for o in outs)}")
-                time.sleep(run.SETTLE_S)
-                replies = asyncio.run(run.many(stack, cookies, prompts, args.tokens))
-                start = min(r["sent"] for r in replies)
-                stack_round = max(r["done"] for r in replies) - start
-                stack_agg = sum(r["tokens"] for r in replies) / stack_round
-                print(f"  stack {stack_agg:.1f} tokens/s in {stack_round:.2f} s ({stack_agg / bare_agg:.2f}x)")
-                print(f"  sends (ms after the first): {ms(r['sent'] - start for r in replies)}")
-                print(f"  chat.started (ms): {ms(r['started'] - start for r in replies)}")
-                print(f"  worker first token from queueing (ms): {ms(r['server_ttft_ms'] / 1000 for r in replies)}")
-                print(f"  first delta at the client (ms): {ms(r['first'] - start for r in replies)}")
-                print(f"  replies done (ms): {ms(r['done'] - start for r in replies)}")
-                rows.append(stack_agg / bare_agg)
-        finally:
-            stack.stop()
-            bare.close()
+    env = dict(item.split("=", 1) for item in args.env)
+    with run.bare_and_llamacpp_stack("admission", args.users, args.tokens, env) as (bare, stack, _, cookies):
+        for i in range(args.rounds):
+            prompts = [f"{run.PROMPTS[(i * 5 + j) % len(run.PROMPTS)]} (admission {i} {j})" for j in range(args.users)]
+            time.sleep(run.SETTLE_S)
+            outs = bare.call("each", [p + " bare" for p in prompts])
+            start = min(o["sent"] for o in outs)
+            bare_round = max(o["done"] for o in outs) - start
+            bare_agg = sum(o["tokens"] for o in outs) / bare_round
+            print(f"round {i}: bare llama.cpp {bare_agg:.1f} tokens/s in {bare_round:.2f} s")
+            print(f"  bare first tokens (ms from the first send): {ms(o['first'] - start for o in outs)}")
+            time.sleep(run.SETTLE_S)
+            replies = asyncio.run(run.many(stack, cookies, prompts, args.tokens))
+            start = min(r["sent"] for r in replies)
+            stack_round = max(r["done"] for r in replies) - start
+            stack_agg = sum(r["tokens"] for r in replies) / stack_round
+            print(f"  stack {stack_agg:.1f} tokens/s in {stack_round:.2f} s ({stack_agg / bare_agg:.2f}x)")
+            print(f"  sends (ms after the first): {ms(r['sent'] - start for r in replies)}")
+            print(f"  chat.started (ms): {ms(r['started'] - start for r in replies)}")
+            print(f"  worker first token from queueing (ms): {ms(r['server_ttft_ms'] / 1000 for r in replies)}")
+            print(f"  first delta at the client (ms): {ms(r['first'] - start for r in replies)}")
+            print(f"  replies done (ms): {ms(r['done'] - start for r in replies)}")
+            rows.append(stack_agg / bare_agg)
     print(f"stack / bare, median of {len(rows)} rounds: {statistics.median(rows):.2f}")
 
 

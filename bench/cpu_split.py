@@ -20,7 +20,6 @@ import os
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -92,55 +91,39 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench import run
-    from tests.live_client import login_cookie
-    from tests.stack import LiveStack
 
     threads = int(os.environ.get("INFERENCE_LLAMACPP_THREADS") or os.cpu_count() or 1)
-    bare = run.InChild(run.BareLlamaCpp, args.tokens, threads, args.users)
-    bare_pid = bare.process.pid
     results: dict[str, list[dict]] = {}
-    with tempfile.TemporaryDirectory(prefix="chat-cpu-") as tmp:
-        env = {"CHAT_RATE_LIMIT": "0", "LOG_LEVEL": "WARNING", "INFERENCE_LLAMACPP_PARALLEL": str(args.users)}
-        stack = LiveStack(Path(tmp), workers=1, extra_env=env)
-        stack.start()
-        try:
-            cookie = login_cookie(stack, "bench")
-            cookies = run.user_cookies(stack, args.users)
-            run.set_backend(stack, "llamacpp")
-            asyncio.run(run.one_reply(stack, cookie, "Say hello.", 8))
-            parts = {"daphne": stack.daphne_pid}
-            redis_pid = stack.infra.pids().get("redis")
-            if redis_pid:
-                parts["redis"] = redis_pid
-            worker = list(stack.worker_pids.values())[0]
-            for i in range(args.rounds):
-                for users in (1, args.users):
-                    prompts = [
-                        f"{run.PROMPTS[(i * 9 + j) % len(run.PROMPTS)]} (cpu {i} {users} {j})" for j in range(users)
-                    ]
-                    time.sleep(run.SETTLE_S)
-                    meter = Meter({"bare llama.cpp process": bare_pid})
-                    meter.start()
-                    if users == 1:
-                        bare.single(prompts[0] + " bare")
-                        tokens = args.tokens
-                    else:
-                        bare.together([p + " bare" for p in prompts])
-                        tokens = args.tokens * users
-                    measured = meter.stop()
-                    measured["tokens"] = tokens  # bare replies run to the cap (greedy, no stop)
-                    results.setdefault(f"bare llama.cpp, {users} at once", []).append(measured)
+    with run.bare_and_llamacpp_stack("cpu", args.users, args.tokens) as (bare, stack, _, cookies):
+        bare_pid = bare.process.pid
+        parts = {"daphne": stack.daphne_pid}
+        redis_pid = stack.infra.pids().get("redis")
+        if redis_pid:
+            parts["redis"] = redis_pid
+        worker = list(stack.worker_pids.values())[0]
+        for i in range(args.rounds):
+            for users in (1, args.users):
+                prompts = [f"{run.PROMPTS[(i * 9 + j) % len(run.PROMPTS)]} (cpu {i} {users} {j})" for j in range(users)]
+                time.sleep(run.SETTLE_S)
+                meter = Meter({"bare llama.cpp process": bare_pid})
+                meter.start()
+                if users == 1:
+                    bare.single(prompts[0] + " bare")
+                    tokens = args.tokens
+                else:
+                    bare.together([p + " bare" for p in prompts])
+                    tokens = args.tokens * users
+                measured = meter.stop()
+                measured["tokens"] = tokens  # bare replies run to the cap (greedy, no stop)
+                results.setdefault(f"bare llama.cpp, {users} at once", []).append(measured)
 
-                    time.sleep(run.SETTLE_S)
-                    meter = Meter(parts, worker=worker)
-                    meter.start()
-                    replies = asyncio.run(run.many(stack, cookies, prompts, args.tokens))
-                    measured = meter.stop()
-                    measured["tokens"] = sum(r["tokens"] for r in replies)
-                    results.setdefault(f"stack, {users} user(s) at once", []).append(measured)
-        finally:
-            stack.stop()
-            bare.close()
+                time.sleep(run.SETTLE_S)
+                meter = Meter(parts, worker=worker)
+                meter.start()
+                replies = asyncio.run(run.many(stack, cookies, prompts, args.tokens))
+                measured = meter.stop()
+                measured["tokens"] = sum(r["tokens"] for r in replies)
+                results.setdefault(f"stack, {users} user(s) at once", []).append(measured)
     print(f"CPU time by process, llama.cpp with {threads} threads, {os.cpu_count()} cores, {args.tokens} new tokens:")
     for label, rounds in results.items():
         show(label, rounds)

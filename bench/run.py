@@ -372,6 +372,38 @@ def stack_api(stack, cookie: str, key: str, backend: str, tokens: int, users: in
     }
 
 
+def bare_and_llamacpp_stack(name: str, users: int, tokens: int, env: dict | None = None):
+    """For the llama.cpp-only scripts (cpu_split, admission, worker_only): bare llama.cpp in a
+    process of its own and the real stack (one worker, `users` parallel slots, the llama.cpp
+    backend, warmed up), as (bare, stack, cookie, cookies); both end when the `with` does."""
+    import contextlib
+
+    from tests.live_client import login_cookie
+    from tests.stack import LiveStack
+
+    @contextlib.contextmanager
+    def opened():
+        threads = int(os.environ.get("INFERENCE_LLAMACPP_THREADS") or os.cpu_count() or 1)
+        bare = InChild(BareLlamaCpp, tokens, threads, users)
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"chat-{name}-") as tmp:
+                stack_env = {"CHAT_RATE_LIMIT": "0", "LOG_LEVEL": "WARNING", "INFERENCE_LLAMACPP_PARALLEL": str(users)}
+                stack = LiveStack(Path(tmp), workers=1, extra_env={**stack_env, **(env or {})})
+                stack.start()
+                try:
+                    cookie = login_cookie(stack, "bench")
+                    cookies = user_cookies(stack, users)
+                    set_backend(stack, "llamacpp")
+                    asyncio.run(one_reply(stack, cookie, "Say hello.", 8))
+                    yield bare, stack, cookie, cookies
+                finally:
+                    stack.stop()
+        finally:
+            bare.close()
+
+    return opened()
+
+
 def set_backend(stack, backend: str) -> None:
     """Switch the default model's backend as an admin would (the worker reloads it, no restart)."""
     stack.run_manage(

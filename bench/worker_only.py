@@ -12,7 +12,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -74,36 +73,20 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench import run
-    from tests.live_client import login_cookie
-    from tests.stack import LiveStack
 
-    threads = int(os.environ.get("INFERENCE_LLAMACPP_THREADS") or os.cpu_count() or 1)
-    bare = run.InChild(run.BareLlamaCpp, args.tokens, threads, args.users)
     ratios = []
-    with tempfile.TemporaryDirectory(prefix="chat-worker-only-") as tmp:
-        env = {"CHAT_RATE_LIMIT": "0", "LOG_LEVEL": "WARNING", "INFERENCE_LLAMACPP_PARALLEL": str(args.users)}
-        stack = LiveStack(Path(tmp), workers=1, extra_env=env)
-        stack.start()
-        try:
-            cookie = login_cookie(stack, "bench")
-            run.set_backend(stack, "llamacpp")
-            import asyncio
-
-            asyncio.run(run.one_reply(stack, cookie, "Say hello.", 8))
-            for i in range(args.rounds):
-                prompts = [f"{run.PROMPTS[(i * 5 + j) % len(run.PROMPTS)]} (worker {i} {j})" for j in range(args.users)]
-                time.sleep(run.SETTLE_S)
-                bare_tok_s = bare.together([p + " bare" for p in prompts])
-                time.sleep(run.SETTLE_S)
-                worker = worker_round(stack.redis_url, prompts, args.tokens, args.stagger_ms / 1000)
-                ratios.append(worker["tok_s"] / bare_tok_s)
-                print(
-                    f"round {i}: bare {bare_tok_s:.1f} tokens/s, worker alone {worker['tok_s']:.1f} "
-                    f"({ratios[-1]:.2f}x); worker first tokens (ms): {', '.join(f'{v:.0f}' for v in worker['first_ms'])}"
-                )
-        finally:
-            stack.stop()
-            bare.close()
+    with run.bare_and_llamacpp_stack("worker-only", args.users, args.tokens) as (bare, stack, _, _):
+        for i in range(args.rounds):
+            prompts = [f"{run.PROMPTS[(i * 5 + j) % len(run.PROMPTS)]} (worker {i} {j})" for j in range(args.users)]
+            time.sleep(run.SETTLE_S)
+            bare_tok_s = bare.together([p + " bare" for p in prompts])
+            time.sleep(run.SETTLE_S)
+            worker = worker_round(stack.redis_url, prompts, args.tokens, args.stagger_ms / 1000)
+            ratios.append(worker["tok_s"] / bare_tok_s)
+            print(
+                f"round {i}: bare {bare_tok_s:.1f} tokens/s, worker alone {worker['tok_s']:.1f} "
+                f"({ratios[-1]:.2f}x); worker first tokens (ms): {', '.join(f'{v:.0f}' for v in worker['first_ms'])}"
+            )
     print(f"worker alone / bare, median of {len(ratios)} rounds: {statistics.median(ratios):.2f}")
 
 
