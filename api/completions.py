@@ -254,8 +254,8 @@ async def events(call: Call):
     choices = [Choice(i, rid) for i, rid in enumerate(call.request_ids)]
     quiet_since = time.monotonic()
     by_id = {c.request_id: c for c in choices}
-
-    def take(entries):
+    while any(c.done is None for c in choices):
+        entries = await streams.read_many({c.request_id: c.last_seq for c in choices if c.done is None}, 1000)
         for request_id, seq, kind, data in entries:
             choice = by_id[request_id]
             if choice.done is not None:
@@ -267,35 +267,21 @@ async def events(call: Call):
                 continue
             choice.text += data["text"]
             yield choice, data["text"], None
-
-    while any(c.done is None for c in choices):
-        entries = await streams.read_many({c.request_id: c.last_seq for c in choices if c.done is None}, 1000)
-        for event in take(entries):
-            yield event
         if entries:
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since > IDLE_CHECK_S:
             quiet_since = time.monotonic()
             for choice in choices:
                 if choice.done is None:
-                    settled = await sync_to_async(_settle)(choice.request_id)
-                    if settled is None:
-                        continue
-                    # It may have ended while we asked: its last deltas reached the stream before
-                    # its row was stored (its `done` comes after), so they go first.
-                    while choice.done is None and (
-                        rest := await streams.read_many({choice.request_id: choice.last_seq}, None)
-                    ):
-                        for event in take(rest):
-                            yield event
-                    if choice.done is None:
+                    settled = await sync_to_async(_settle)(choice.request_id, choice.last_seq)
+                    if settled is not None:
                         choice.done = settled
                         yield choice, "", settled
 
 
-def _settle(request_id: str) -> dict | None:
+def _settle(request_id: str, after: int) -> dict | None:
     """A quiet stream: reap the reply if its worker is gone; once ended, its end from the row."""
-    ended = replies.settle_quiet_reply(replies.message_id_of(request_id))
+    ended = replies.settle_quiet_reply(replies.message_id_of(request_id), after)
     if ended is None:
         return None
     message = ended.message

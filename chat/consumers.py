@@ -251,21 +251,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     if self.closed:
                         return  # closed meanwhile (its cancel may have been swallowed): no database call
                     block_ms = IDLE_CHECK_MS
-                    last, ended = await self._send_entries(message_id, entries, last, rendering)
-                    if ended:
-                        return
+                    for index, (seq, kind, data) in enumerate(entries):
+                        last = seq
+                        if kind == "done":
+                            await self.send_json(await database_sync_to_async(_done_frame)(message_id))
+                            return
+                        frame = {"type": "chat.delta", "message": message_id, "seq": seq, "text": data["text"]}
+                        rendering.add(data["text"])
+                        if index == len(entries) - 1 or entries[index + 1][1] == "done":
+                            frame["html"] = await rendering.render()
+                        await self.send_json(frame)
                     if entries:
                         await asyncio.sleep(rendering.pause_s)  # later deltas pile up: one render for them
                         quiet_since = time.monotonic()
                     elif time.monotonic() - quiet_since >= IDLE_CHECK_MS / 1000:
-                        done = await database_sync_to_async(_settle)(message_id)
+                        done = await database_sync_to_async(_settle)(message_id, last)
                         if done is not None:
-                            # It may have ended while we asked: its last deltas reached the stream
-                            # before its row was stored (its `done` comes after), so send them first.
-                            while entries := await streams.read_after(request_id, last, None):
-                                last, ended = await self._send_entries(message_id, entries, last, rendering)
-                                if ended:
-                                    return
                             await self.send_json(done)
                             return
                         quiet_since = time.monotonic()
@@ -289,21 +290,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         finally:
             if self.forwarders.get(message_id) is asyncio.current_task():
                 del self.forwarders[message_id]
-
-    async def _send_entries(self, message_id: int, entries, last: int, rendering) -> tuple[int, bool]:
-        """Send these stream entries as frames; the last delta of the batch carries the rendering.
-        Returns the last seq sent and whether the reply's `done` was among them (and sent)."""
-        for index, (seq, kind, data) in enumerate(entries):
-            last = seq
-            if kind == "done":
-                await self.send_json(await database_sync_to_async(_done_frame)(message_id))
-                return last, True
-            frame = {"type": "chat.delta", "message": message_id, "seq": seq, "text": data["text"]}
-            rendering.add(data["text"])
-            if index == len(entries) - 1 or entries[index + 1][1] == "done":
-                frame["html"] = await rendering.render()
-            await self.send_json(frame)
-        return last, False
 
     async def send_json(self, data: dict) -> None:
         if self.closed:
@@ -400,10 +386,10 @@ def _done_frame(message_id: int) -> dict:
     return _deleted_frame(message_id) if message is None else replies.done_frame(message)
 
 
-def _settle(message_id: int) -> dict | None:
+def _settle(message_id: int, after: int) -> dict | None:
     """For a quiet stream: reap the reply if its worker is gone; if it has ended (and its stream
     expired or was reaped meanwhile), return its done frame from the database."""
-    ended = replies.settle_quiet_reply(message_id, visible_only=True)
+    ended = replies.settle_quiet_reply(message_id, after, visible_only=True)
     if ended is None:
         return None  # still generating, or the forwarder reads its `done` on its next pass
     return _deleted_frame(message_id) if ended.message is None else replies.done_frame(ended.message)

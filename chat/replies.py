@@ -122,12 +122,14 @@ class Ended:
     message: Message | None
 
 
-def settle_quiet_reply(message_id: int | None, *, visible_only: bool = False) -> Ended | None:
-    """For a reply whose stream has been quiet a while: reap it if its worker is gone and, if it
-    has ended with no `done` in its stream to read (the stream expired, or it was reaped just
-    now), say so with its row. None while it is still active, or when its stream holds its
-    `done` (the reader gets it there). With `visible_only`, a reply its user deleted is gone
-    (the chat page); the API sees every reply."""
+def settle_quiet_reply(message_id: int | None, after: int, *, visible_only: bool = False) -> Ended | None:
+    """For a reply whose stream has been quiet a while for a reader that has read up to seq
+    `after`: reap it if its worker is gone and, if it has ended with nothing left in its stream
+    for that reader (the stream expired, or it was reaped just now), say so with its row. None
+    while it is still active, or while its stream holds entries after `after`: the worker appends
+    a reply's last deltas, stores its row, then appends its `done`, so a reply that ended while
+    the reader asked still has text to send, and the reader gets it (and the `done`) there. With
+    `visible_only`, a reply its user deleted is gone (the chat page); the API sees every reply."""
     messages = Message.objects.visible() if visible_only else Message.objects.all()
     message = None if message_id is None else messages.filter(pk=message_id).first()
     if message is None:
@@ -137,7 +139,7 @@ def settle_quiet_reply(message_id: int | None, *, visible_only: bool = False) ->
         message.refresh_from_db()
         if message.is_active:
             return None
-    if streams.has_done(request_id(message.pk)):
+    if streams.has_after(request_id(message.pk), after):
         return None
     return Ended(message)
 

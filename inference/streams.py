@@ -81,10 +81,11 @@ def read_all(request_id: str) -> list[tuple[int, str, dict]]:
     return [(seq_of(eid), *decode_entry(fields)) for eid, fields in client().xrange(stream_key(request_id))]
 
 
-def has_done(request_id: str) -> bool:
-    """Whether the reply's stream ends with its `done` entry (reads only the last entry)."""
+def has_after(request_id: str, after_seq: int) -> bool:
+    """Whether the reply's stream holds an entry after `after_seq` (its `done` included): a reader
+    there still has something to read (reads only the last entry)."""
     last = client().xrevrange(stream_key(request_id), count=1)
-    return bool(last) and decode_entry(last[0][1])[0] == "done"
+    return bool(last) and seq_of(last[0][0]) > after_seq
 
 
 def pop_requests(count: int) -> list[dict]:

@@ -348,11 +348,11 @@ async def test_a_closing_socket_waits_for_its_forwarders_database_call(alice, ti
     entered, finished = threading.Event(), threading.Event()
     real_settle = consumers._settle
 
-    def slow_settle(message_id):
+    def slow_settle(message_id, after):
         entered.set()
         time.sleep(1.5)  # longer than the test client waits for the socket to end (1 s): it cancels
         try:
-            return real_settle(message_id)
+            return real_settle(message_id, after)
         finally:
             finished.set()
 

@@ -2,11 +2,11 @@
 deltas, stores its row, then appends its `done`; a reader that found the stream quiet and asked
 the database in between saw the row ended and no `done`, and ended the reply without those deltas
 (CI's 50-client test once got an empty reply whose row held its text). Both readers, the chat
-socket and the API, now read the stream once more before ending. No real worker here: its steps
-are done by hand at the worst moment."""
+socket and the API, now hear "ended" only once they have read every entry of the stream
+(replies.settle_quiet_reply). No real worker here: its steps are done by hand at the worst
+moment, inside the database call."""
 
 import asyncio
-import uuid
 from types import SimpleNamespace
 
 import pytest
@@ -16,25 +16,33 @@ from .socket_client import connect, receive, send, until_done
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def test_the_chat_socket_sends_the_last_deltas_of_a_reply_that_ended_while_it_asked(
-    alice, tiny_model, monkeypatch
-):
-    from chat import consumers, replies
+def worker_ends_it_during_the_check(monkeypatch):
+    """Make the next quiet-stream check find the reply ended by a "worker" that appended its last
+    deltas and stored its row (not yet its `done`) just before."""
+    from chat import replies
     from inference import streams
     from inference.protocol import Done
 
-    real_settle = consumers._settle
+    real = replies.settle_quiet_reply
+    ended = set()
 
-    def worker_ends_it_meanwhile(message_id):
-        request_id = replies.request_id(message_id)
-        pipe = streams.client().pipeline(transaction=False)
-        streams.append(pipe, request_id, 1, "delta", {"text": "Hel"})
-        streams.append(pipe, request_id, 2, "delta", {"text": "lo"})
-        pipe.execute()
-        assert replies.end(message_id, content="Hello", done=Done("stop", completion_tokens=2))
-        return real_settle(message_id)
+    def check(message_id, after, **options):
+        if message_id not in ended:
+            ended.add(message_id)
+            pipe = streams.client().pipeline(transaction=False)
+            streams.append(pipe, replies.request_id(message_id), 1, "delta", {"text": "Hel"})
+            streams.append(pipe, replies.request_id(message_id), 2, "delta", {"text": "lo"})
+            pipe.execute()
+            assert replies.end(message_id, content="Hello", done=Done("stop", completion_tokens=2))
+        return real(message_id, after, **options)
 
-    monkeypatch.setattr(consumers, "_settle", worker_ends_it_meanwhile)
+    monkeypatch.setattr(replies, "settle_quiet_reply", check)
+
+
+async def test_the_chat_socket_sends_the_last_deltas_of_a_reply_that_ended_while_it_asked(
+    alice, tiny_model, monkeypatch
+):
+    worker_ends_it_during_the_check(monkeypatch)
     ws, _ = await connect(alice)
     await send(ws, {"type": "chat.send", "content": "Anyone there?"})
     started = await receive(ws)
@@ -44,20 +52,19 @@ async def test_the_chat_socket_sends_the_last_deltas_of_a_reply_that_ended_while
     await ws.disconnect()
 
 
-def test_the_api_reader_also_sends_the_last_deltas_of_a_reply_that_ended_while_it_asked(monkeypatch):
+def test_the_api_reader_also_sends_the_last_deltas_of_a_reply_that_ended_while_it_asked(alice, tiny_model, monkeypatch):
     from api import completions
+    from chat import replies
+    from chat.models import Conversation, Message
     from inference import streams
 
-    request_id = f"test-race-{uuid.uuid4().hex}"
-
-    def worker_ends_it_meanwhile(rid):
-        pipe = streams.client().pipeline(transaction=False)
-        streams.append(pipe, rid, 1, "delta", {"text": "Hel"})
-        streams.append(pipe, rid, 2, "delta", {"text": "lo"})
-        pipe.execute()
-        return {"finish_reason": "stop", "error": "", "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
-
-    monkeypatch.setattr(completions, "_settle", worker_ends_it_meanwhile)
+    conversation = Conversation.objects.create(user=alice, title="API", model=tiny_model)
+    reply = Message.objects.create(
+        conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.QUEUED, model=tiny_model
+    )
+    request_id = replies.request_id(reply.pk)
+    streams.client().delete(streams.stream_key(request_id))
+    worker_ends_it_during_the_check(monkeypatch)
     monkeypatch.setattr(completions, "IDLE_CHECK_S", 0)
 
     async def read():
