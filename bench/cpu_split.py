@@ -9,7 +9,7 @@ run on bare llama.cpp in a process of its own (bench/run.py's BareLlamaCpp) for 
 On a machine with as many llama.cpp threads as cores, every CPU second the stack spends beside
 llama.cpp is taken from it.
 
-    .venv/bin/python bench/cpu_split.py [--rounds 3]
+    .venv/bin/python bench/cpu_split.py [--rounds 3] [--env NAME=VALUE ...]
 """
 
 from __future__ import annotations
@@ -88,13 +88,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=96)
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the stack (repeatable)")
     args = parser.parse_args()
 
     from bench import run
 
     threads = int(os.environ.get("INFERENCE_LLAMACPP_THREADS") or os.cpu_count() or 1)
     results: dict[str, list[dict]] = {}
-    with run.bare_and_llamacpp_stack("cpu", args.users, args.tokens) as (bare, stack, _, cookies):
+    env = dict(item.split("=", 1) for item in args.env)
+    with run.bare_and_llamacpp_stack("cpu", args.users, args.tokens, env) as (bare, stack, _, cookies):
         bare_pid = bare.process.pid
         parts = {"daphne": stack.daphne_pid}
         redis_pid = stack.infra.pids().get("redis")
