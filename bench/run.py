@@ -441,9 +441,28 @@ ROUNDS = 3  # bare and stack rounds, alternating
 SETTLE_S = 1.0  # before each round: llama.cpp's threads spin a while after work ends
 
 
+STOLEN: list[float] = []  # per measured round: the share of the cores' time the host gave other guests
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(stolen, total) CPU time of all cores since boot, from /proc/stat; stolen is the time the
+    hypervisor ran other guests while this VM wanted its cores (0 where the kernel does not say)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
+
+
 def settled(measure, *args):
+    """Run one measured round after a pause; note how much of it the host stole (STOLEN)."""
     time.sleep(SETTLE_S)
-    return measure(*args)
+    stolen, total = cpu_jiffies()
+    result = measure(*args)
+    stolen_after, total_after = cpu_jiffies()
+    if total_after > total:
+        STOLEN.append((stolen_after - stolen) / (total_after - total))
+    return result
 
 
 def stack_backend(
@@ -590,6 +609,8 @@ def main() -> None:
         "bare_generate": bare,
         "stack": stack,
         "ratios": ratios,
+        # Per measured round, the share of the cores' time the host gave other guests.
+        "stolen": {"median": statistics.median(STOLEN or [0.0]), "max": max(STOLEN or [0.0]), "rounds": len(STOLEN)},
     }
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
@@ -632,6 +653,9 @@ prompt per reply; llama.cpp with {parallel} parallel sequences, {bare_cpp["threa
 {threads} in the stack. Bare and stack rounds alternate ({ROUNDS} each); a ratio is the median of each
 round's stack / bare. {args.users}-user rounds, tokens/s: llama.cpp bare {bare_cpp["batch_rounds"]}, stack
 {cpp["aggregate_rounds"]}; `generate` bare {bare["batch_rounds"]}, stack {hf["aggregate_rounds"]}.
+Host CPU stolen by other guests (/proc/stat) in the {result["stolen"]["rounds"]} measured rounds: median
+{result["stolen"]["median"]:.1%}, at most {result["stolen"]["max"]:.1%} of a round's core time (beyond a few
+percent, the ratios say more about the host than about the stack).
 
 | measure | bare llama.cpp | stack, llama.cpp | bare `generate` | stack, transformers |
 |---|---|---|---|---|
