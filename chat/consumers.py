@@ -1,7 +1,9 @@
 """The chat websocket: parses frames, checks ownership, and forwards reply streams from Redis.
 
 `receive` never waits for a generation: each reply is forwarded by its own background task
-that reads the reply's Redis stream, so a `chat.stop` frame is handled while tokens flow.
+that reads the reply's Redis stream, so a `chat.stop` frame is handled while tokens flow. The
+task waits for new entries through the process's one reader of reply streams
+(inference/stream_reader.py), as the socket's user events come from one reader (chat/sync.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.utils.crypto import constant_time_compare
 from redis.exceptions import RedisError
 
-from inference import streams
+from inference import stream_reader, streams
 from inference.protocol import Done
 from presets import quotas
 
@@ -247,7 +249,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     if needs_prefix:
                         rendering.add(await live.text_until(request_id, after))
                         needs_prefix = False
-                    entries = await streams.read_after(request_id, last, block_ms)
+                    entries = await stream_reader.read_after(request_id, last, block_ms)
                     if self.closed:
                         return  # closed meanwhile (its cancel may have been swallowed): no database call
                     block_ms = IDLE_CHECK_MS

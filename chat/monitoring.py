@@ -51,6 +51,7 @@ def admin_metrics(request: HttpRequest) -> HttpResponse:
         "title": "Inference metrics",
         "rows": rows,
         "queue_length": snap.queue_length,
+        "background_queue_length": snap.background_queue_length,
         "workers": sorted(snap.workers.items()),
     }
     return render(request, "admin/chat/metrics.html", context)

@@ -1,7 +1,10 @@
 """Conversation titles. A new conversation is titled with its first message cut at a word
 boundary (`cut`); once its first reply is complete, the model that wrote it is asked for a short
-title in the background (an inference request of its own, sink "chat.title"), so the reply is
-never delayed. The title replaces the cut one unless the user renamed the conversation first;
+title in the background (an inference request of its own, sink "chat.title", with the background
+priority: it runs only when no person's reply wants the worker, and gives way to one that
+arrives), so no reply is ever delayed. It is built from the first exchange only (each side cut to
+PROMPT_CHARS) and capped at CHAT_TITLE_MAX_TOKENS; one still waiting after CHAT_TITLE_WAIT_S (a
+machine that stays busy) is dropped, and the cut title stays. The title replaces the cut one unless the user renamed the conversation first;
 every tab's sidebar follows (a chat.sync "renamed" event). A failed or empty answer, one cut by
 CHAT_TITLE_MAX_TOKENS or one longer than MAX_WORDS words keeps the cut title: the packaged
 135M model mostly answers the question instead of titling it (measured in
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 from django.conf import settings
 from django.db import transaction
@@ -19,7 +23,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from inference import sinks, streams
-from inference.protocol import Done, Request
+from inference.protocol import BACKGROUND, Done, Request
 
 from . import sync
 from .models import Conversation, Message
@@ -30,7 +34,7 @@ SINK = "chat.title"
 PREFIX = "title-"
 TITLE_CHARS = 60
 MAX_WORDS = 8  # a longer answer is a sentence, not a title: the cut title stays
-PROMPT_CHARS = 1500  # of the first message and of the reply, at most, in the title request
+PROMPT_CHARS = 500  # of the first message and of the reply, at most, in the title request (a short read)
 SYSTEM = "You write short titles. A title has two to five words."
 ASK = "Write a title of two to five words for this conversation. Answer with the title only."
 
@@ -78,6 +82,8 @@ def build_request(conversation: Conversation, question: str, answer: str, model)
         max_input_tokens=model.max_input_tokens,
         sink=SINK,
         user=str(conversation.user_id),
+        priority=BACKGROUND,
+        deadline=time.time() + settings.CHAT_TITLE_WAIT_S,
     )
 
 

@@ -294,6 +294,9 @@ CHAT_MAX_TITLE_CHARS = 200
 # After a conversation's first reply, its model writes a short title in the background (chat/titles.py).
 CHAT_MODEL_TITLES = env_bool("CHAT_MODEL_TITLES", True)
 CHAT_TITLE_MAX_TOKENS = env_int("CHAT_TITLE_MAX_TOKENS", 16, minimum=1)
+# A title request is background work (it waits while people's replies run); one still waiting after
+# this many seconds is dropped and the cut first message stays the title.
+CHAT_TITLE_WAIT_S = env_int("CHAT_TITLE_WAIT_S", 300, minimum=1)
 CHAT_MAX_SYSTEM_PROMPT_CHARS = env_int("CHAT_MAX_SYSTEM_PROMPT_CHARS", 8000, minimum=1)
 # Per-user message rate limit: CHAT_RATE_LIMIT messages per CHAT_RATE_WINDOW_S (0 disables).
 CHAT_RATE_LIMIT = env_int("CHAT_RATE_LIMIT", 20, minimum=0)
@@ -352,9 +355,12 @@ API_RATE_LIMIT = env_int("API_RATE_LIMIT", 120, minimum=0)
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1_000_000, minimum=1000)
 API_MAX_CHOICES = env_int("API_MAX_CHOICES", 4, minimum=1)
 
-# Redis connections one web process may open (a blocking read per reply a websocket follows, plus one
-# reader per process for all tabs' user events: chat/sync.py).
-REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 5000, minimum=10)
+# Redis connections one web process's event loop may open (inference/streams.py `async_client`),
+# however many sockets it serves: two hold the blocking reads that every socket shares (reply
+# streams, inference/stream_reader.py; user events, chat/sync.py), the rest serve short commands,
+# which wait for a free one. With its database thread's, the login throttle's and Celery's, a web
+# process then holds at most 20 (bench/sockets.py: 1,000 sockets).
+REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 16, minimum=10)
 
 # Moderation: a rule saved in the admin applies in every process within this many seconds.
 MODERATION_RELOAD_S = env_int("MODERATION_RELOAD_S", 2, minimum=0)

@@ -77,8 +77,9 @@ class SeriesStats:
 @dataclass
 class Snapshot:
     series: list[SeriesStats]
-    queue_length: int
+    queue_length: int  # interactive requests waiting (people)
     workers: dict  # worker id -> heartbeat info
+    background_queue_length: int = 0  # background requests waiting (titles)
 
 
 def snapshot() -> Snapshot:
@@ -108,7 +109,12 @@ def snapshot() -> Snapshot:
         info = conn.get(streams.worker_key(worker_id))
         if info:
             workers[worker_id] = json.loads(info)
-    return Snapshot(series=series, queue_length=int(conn.llen(streams.QUEUE_KEY)), workers=workers)
+    return Snapshot(
+        series=series,
+        queue_length=int(conn.llen(streams.QUEUE_KEY)),
+        workers=workers,
+        background_queue_length=int(conn.llen(streams.BACKGROUND_QUEUE_KEY)),
+    )
 
 
 def _labels(**labels: str) -> str:
@@ -124,6 +130,9 @@ def prometheus_text(snap: Snapshot) -> str:
         "# HELP chat_queue_length Replies waiting for an inference worker.",
         "# TYPE chat_queue_length gauge",
         f"chat_queue_length {snap.queue_length}",
+        "# HELP chat_background_queue_length Background requests (titles) waiting for an idle inference worker.",
+        "# TYPE chat_background_queue_length gauge",
+        f"chat_background_queue_length {snap.background_queue_length}",
         "# HELP chat_worker_active_replies Replies a worker is generating now.",
         "# TYPE chat_worker_active_replies gauge",
     ]

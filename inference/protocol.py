@@ -13,6 +13,11 @@ from dataclasses import asdict, dataclass, field
 
 VERSION = 1
 FINISH_REASONS = ("stop", "length", "cancelled", "interrupted", "moderated", "error")
+# Interactive: a person waits for it (chat replies, API calls). Background: nobody watches it
+# come (titles; later evaluations and replays): it runs only on capacity no interactive request
+# wants, and gives way to one that arrives (docs/protocol.md, "Priorities").
+INTERACTIVE, BACKGROUND = "interactive", "background"
+PRIORITIES = (INTERACTIVE, BACKGROUND)
 
 
 class ProtocolError(ValueError):
@@ -31,8 +36,24 @@ class Request:
     max_input_tokens: int
     sink: str = ""
     user: str = ""  # who asked, for per-user limits and logs
+    priority: str = INTERACTIVE
+    # Background work: a worker that takes it after this time (epoch seconds) ends it as
+    # cancelled instead of running it (a title nobody had capacity for keeps the cut one).
+    deadline: float | None = None
     enqueued_at: float = field(default_factory=time.time)
     version: int = VERSION
+
+    def __post_init__(self) -> None:
+        if self.priority not in PRIORITIES:
+            raise ProtocolError(f"Unknown priority {self.priority!r}.")
+
+    @property
+    def background(self) -> bool:
+        return self.priority == BACKGROUND
+
+    @property
+    def expired(self) -> bool:
+        return self.deadline is not None and time.time() > self.deadline
 
     @property
     def max_tokens(self) -> int:

@@ -3,17 +3,23 @@ markers and worker heartbeats. Callers and inference workers only meet here (and
 database, through sinks).
 
 Keys (all under the `inference:` prefix):
-- `inference:queue` – a list of JSON requests (protocol.Request); any worker pops from it.
+- `inference:queue` – a list of JSON interactive requests (protocol.Request); any worker pops
+  from it.
+- `inference:queue:background` – the same for background requests (titles): a worker takes them
+  only when it has no interactive work (worker.py), and puts back one it preempted.
 - `inference:stream:<request id>` – a Redis stream with one entry per delta, entry id `0-<seq>`,
   plus a final `done` entry. Kept for CHAT_STREAM_TTL_S so a client can resume from any seq.
 - `inference:stop:<request id>` – present when a caller asked to stop that request.
 - `inference:worker:<worker id>` – a worker's heartbeat, expiring after INFERENCE_HEARTBEAT_TTL_S.
+- `inference:wake:<random>` – the wake stream of an event loop's reader of reply streams
+  (stream_reader.py); one entry, expiring a minute after its last wake.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import weakref
 
@@ -22,6 +28,8 @@ import redis.asyncio as aredis
 from django.conf import settings
 
 QUEUE_KEY = "inference:queue"
+BACKGROUND_QUEUE_KEY = "inference:queue:background"
+QUEUE_KEYS = (QUEUE_KEY, BACKGROUND_QUEUE_KEY)  # in the order workers take from them
 
 
 class QueueFull(Exception):
@@ -60,11 +68,19 @@ def decode_entry(fields: dict) -> tuple[str, dict]:
 _sync_local = threading.local()
 
 
+def client_name(kind: str, pid: int | None = None) -> str:
+    """The name (CLIENT SETNAME) of a process's "sync" or "async" connections: CLIENT LIST then
+    says which process holds each (bench/sockets.py counts daphne's)."""
+    return f"chatsite-{kind}-{os.getpid() if pid is None else pid}"
+
+
 def client() -> redis.Redis:
     """One connection pool per thread (the worker's heartbeat thread has its own)."""
     conn = getattr(_sync_local, "client", None)
     if conn is None:
-        conn = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10, socket_connect_timeout=5)
+        conn = redis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=10, socket_connect_timeout=5, client_name=client_name("sync")
+        )
         _sync_local.client = conn
     return conn
 
@@ -88,13 +104,19 @@ def has_after(request_id: str, after_seq: int) -> bool:
     return bool(last) and seq_of(last[0][0]) > after_seq
 
 
-def pop_requests(count: int) -> list[dict]:
-    raw = client().lpop(QUEUE_KEY, count) or []
+def queue_key(request) -> str:
+    return BACKGROUND_QUEUE_KEY if request.background else QUEUE_KEY
+
+
+def pop_requests(count: int, *, background: bool = False) -> list[dict]:
+    """Up to `count` requests from the interactive queue (or the background one)."""
+    raw = client().lpop(BACKGROUND_QUEUE_KEY if background else QUEUE_KEY, count) or []
     return [json.loads(item) for item in raw]
 
 
 def wait_request(timeout: float) -> dict | None:
-    item = client().blpop([QUEUE_KEY], timeout=timeout)
+    """The next request of either queue, interactive first; waits up to `timeout` seconds."""
+    item = client().blpop(list(QUEUE_KEYS), timeout=timeout)
     return json.loads(item[1]) if item else None
 
 
@@ -102,20 +124,30 @@ def _queue_on(pipe, request):
     """The commands that queue `request`: clear any stream or stop marker left under its id
     (ids can repeat when a database is recreated while Redis keeps running), then push it."""
     pipe.delete(stream_key(request.id), stop_key(request.id))
-    pipe.rpush(QUEUE_KEY, json.dumps(request.to_dict()))
+    pipe.rpush(queue_key(request), json.dumps(request.to_dict()))
     return pipe
 
 
 def submit(request) -> None:
     """Queue a protocol.Request from synchronous code (as `enqueue` does from async code)."""
     conn = client()
-    if conn.llen(QUEUE_KEY) >= settings.INFERENCE_MAX_QUEUE:
+    if conn.llen(queue_key(request)) >= settings.INFERENCE_MAX_QUEUE:
         raise QueueFull()
     _queue_on(conn.pipeline(transaction=True), request).execute()
 
 
+def put_back(request) -> None:
+    """Return a preempted background request to the front of its queue, as it was (its stop
+    marker stays, so a stop asked meanwhile still ends it)."""
+    client().lpush(queue_key(request), json.dumps(request.to_dict()))
+
+
 def queue_length() -> int:
-    return int(client().llen(QUEUE_KEY))
+    """Requests waiting in both queues."""
+    pipe = client().pipeline(transaction=False)
+    for key in QUEUE_KEYS:
+        pipe.llen(key)
+    return sum(int(n) for n in pipe.execute())
 
 
 def stopped_among(request_ids: list[int]) -> set[int]:
@@ -143,7 +175,7 @@ def redis_uptime_s() -> int:
 
 
 def queued_request_ids() -> set[str]:
-    return {json.loads(item)["id"] for item in client().lrange(QUEUE_KEY, 0, -1)}
+    return {json.loads(item)["id"] for key in QUEUE_KEYS for item in client().lrange(key, 0, -1)}
 
 
 def live_workers() -> list[str]:
@@ -151,6 +183,9 @@ def live_workers() -> list[str]:
 
 
 # --- asynchronous client (websocket consumer) ------------------------------------------------
+POOL_WAIT_S = 10  # longest wait for a free connection of the capped pool; then a ConnectionError
+
+
 # loop → (its client, the task that closes the client when the loop shuts down; held here
 # because asyncio keeps only weak references to tasks)
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[aredis.Redis, asyncio.Task]] = (
@@ -170,14 +205,19 @@ def async_client() -> aredis.Redis:
     entry = _async_clients.get(loop)
     if entry is None:
         # Reads block for up to 5 s (XREAD BLOCK); the socket timeout must stay well above that.
-        # Each followed reply holds one blocking read (the user events of all tabs share one,
-        # chat.sync.UserEvents), so the pool may need more than redis-py's default 100 connections.
-        conn = aredis.Redis.from_url(
+        # Only two reads block, whatever the number of sockets: the loop's one reader of reply
+        # streams (inference.stream_reader) and of user events (chat.sync). Every other command is
+        # short, so the pool is capped and a command waits for a free connection rather than open
+        # one more: 1,000 sockets connecting at once opened hundreds, which then stayed open.
+        pool = aredis.BlockingConnectionPool.from_url(
             settings.REDIS_URL,
+            max_connections=settings.REDIS_MAX_CONNECTIONS,
+            timeout=POOL_WAIT_S,
             socket_connect_timeout=5,
             socket_timeout=30,
-            max_connections=settings.REDIS_MAX_CONNECTIONS,
+            client_name=client_name("async"),
         )
+        conn = aredis.Redis(connection_pool=pool)
 
         async def close_with_loop() -> None:
             try:
@@ -196,7 +236,7 @@ async def enqueue(request) -> None:
     """Queue a protocol.Request for the workers (see `_queue_on`). Raises QueueFull when
     INFERENCE_MAX_QUEUE requests are waiting already."""
     conn = async_client()
-    if await conn.llen(QUEUE_KEY) >= settings.INFERENCE_MAX_QUEUE:
+    if await conn.llen(queue_key(request)) >= settings.INFERENCE_MAX_QUEUE:
         raise QueueFull()
     await _queue_on(conn.pipeline(transaction=True), request).execute()
 

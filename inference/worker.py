@@ -6,6 +6,14 @@ The loop: take requests (as many as the batches have room for) → step every ba
 coalesced text (about every 50 ms) and look for stop markers → store finished results (retried
 while the database is unavailable: a result leaves memory only once stored) → now and then
 reap orphans and unload idle models.
+
+Priorities (protocol.Request.priority): interactive requests are taken first, whenever the batch
+has room for them. Background requests (titles) are taken only when this worker runs no
+interactive request and none is waiting; an interactive request that arrives while background
+ones run preempts them: they are cancelled in the engine (within one llama.cpp batch or one
+transformers step) and put back at the front of the background queue, to start again once the
+worker is idle. Their text is not streamed while they run (nobody watches it come, and a
+preempted one starts over): it is appended once, when they end.
 """
 
 from __future__ import annotations
@@ -30,13 +38,14 @@ from .backends.llamacpp import LlamaCppBackend, adapter_gguf
 from .loading import ModelLoadError, ModelSpec, adapter_folder, public_load_error
 from .models import LanguageModel
 from .prompts import TooLong, prompt_ids
-from .protocol import Done, ProtocolError, Request
+from .protocol import BACKGROUND, Done, ProtocolError, Request
 
 logger = logging.getLogger(__name__)
 
 REAP_INTERVAL_S = 3.0
 BUSY_POLL_S = 0.02  # while generating, look at the queue at most this often (and once per flush)
 RETRY_STORE_S = 1.0
+EXPIRED_TEXT = "It waited in the background queue past its deadline (the workers stayed busy)."
 UNLOAD_CHECK_S = 10.0
 
 
@@ -55,10 +64,15 @@ class Reply:
     stop_seen: bool = False
     backend: Backend | None = None
     moderation: OutputFilter | None = None  # output rules, when there are any
+    preempted: bool = False  # a background reply cancelled for an interactive one: put back, not ended
 
     @property
     def id(self) -> str:
         return self.request.id
+
+    @property
+    def background(self) -> bool:
+        return self.request.background
 
 
 @dataclass
@@ -125,6 +139,13 @@ class InferenceWorker:
         # Shortest prompts first: llama.cpp reads waiting prompts one after another, so a short
         # one queued behind a long one would wait for all of it.
         prepared = [p for p in map(self.prepare, requests) if p is not None]
+        if any(not generation.background for _, generation in prepared):
+            # People first: background requests taken in the same pull go back unstarted, and
+            # those running are preempted.
+            for _, generation in [p for p in prepared if p[1].background]:
+                self._put_back(self.replies[generation.id])
+            prepared = [p for p in prepared if not p[1].background]
+            self._preempt_background()
         for backend, generation in sorted(prepared, key=lambda p: len(p[1].prompt_ids)):
             backend.add(generation)
         for slug, loaded in list(self.models.items()):
@@ -159,27 +180,52 @@ class InferenceWorker:
 
     def _pull_requests(self) -> list[dict]:
         """Take only as many requests as the batch has room for: the rest stay in the shared
-        queue for other workers (and a full batch costs no Redis round trip per step)."""
+        queue for other workers (and a full batch costs no Redis round trip per step).
+        Background replies do not take room from interactive ones (they are preempted), and
+        background requests are taken only when no interactive one runs or waits."""
         busy = sum(loaded.backend.load for loaded in self.models.values()) + len(self.unstored)
-        room = self.max_batch - busy
+        background = sum(1 for reply in self.replies.values() if reply.background)
+        room = self.max_batch - busy + background  # for interactive requests
         try:
             if busy:
                 # A Redis round trip: while generating, once per flush interval at most (it grows
-                # with the replies running, like the flushes).
-                every = max(BUSY_POLL_S, self.current_flush_interval())
+                # with the replies running, like the flushes); at once when only background
+                # work runs, so a person's request preempts it without waiting.
+                every = BUSY_POLL_S if busy == background else max(BUSY_POLL_S, self.current_flush_interval())
                 if room <= 0 or time.monotonic() - self._last_poll < every:
                     return []
                 self._last_poll = time.monotonic()
-                return streams.pop_requests(room)
+                taken = streams.pop_requests(room)
+                if not taken and busy == background and not self._preempting():
+                    taken = streams.pop_requests(self.max_batch - busy, background=True)
+                return taken
             first = streams.wait_request(timeout=1.0)
             if first is None:
                 return []
-            return [first, *streams.pop_requests(room - 1)] if room > 1 else [first]
+            if room <= 1:
+                return [first]
+            # The rest of the batch from the same queue: more background work only when the
+            # interactive queue is empty (wait_request took from it first).
+            more = streams.pop_requests(room - 1)
+            if not more and first.get("priority") == BACKGROUND:
+                more = streams.pop_requests(room - 1, background=True)
+            return [first, *more]
         except RedisError as exc:
             logger.warning("Redis unavailable (%s); retrying", exc)
             if not busy:
                 self.stopping.wait(0.5)
             return []
+
+    def _preempting(self) -> bool:
+        return any(reply.preempted for reply in self.replies.values())
+
+    def _preempt_background(self) -> None:
+        """An interactive request is about to start: cancel every running background reply in
+        its engine; each is put back in its queue when the engine reports it ended (_on_event)."""
+        for reply in self.replies.values():
+            if reply.background and not reply.preempted and reply.backend is not None:
+                reply.preempted = True
+                reply.backend.cancel(reply.id)
 
     def _heartbeat_loop(self) -> None:
         period = max(settings.INFERENCE_HEARTBEAT_TTL_S / 4, 0.5)
@@ -240,6 +286,8 @@ class InferenceWorker:
             stopped = False
         if stopped:
             return self._finish(reply, "cancelled")
+        if request.expired:
+            return self._finish(reply, "cancelled", error=EXPIRED_TEXT)
         try:
             backend, adapter = self._serving(request.model)
             ids = prompt_ids(backend.tokenizer, request.messages, int(request.max_input_tokens))
@@ -255,7 +303,10 @@ class InferenceWorker:
         reply.backend = backend
         reply.moderation = output_filter()
         self.replies[request.id] = reply
-        return backend, GenerationRequest.build(request.id, ids, request.sampling, adapter=adapter)
+        generation = GenerationRequest.build(
+            request.id, ids, request.sampling, adapter=adapter, background=request.background
+        )
+        return backend, generation
 
     def _serving(self, slug: str) -> tuple[Backend, str]:
         """The backend that serves a model, and the LoRA adapter it applies ("" for none).
@@ -381,6 +432,8 @@ class InferenceWorker:
         reply = self.replies.get(event.request_id)
         if reply is None:
             return  # ended already (stop string, or failed)
+        if reply.preempted and event.finish_reason == "cancelled" and not reply.stop_seen:
+            return self._put_back(reply)
         if event.new_tokens and reply.first_token_at is None:
             reply.first_token_at = time.time()
         reply.tokens += event.new_tokens
@@ -404,6 +457,8 @@ class InferenceWorker:
         self._last_flush = now
         ready, blocked = [], []
         for reply in self.replies.values():
+            if reply.background:
+                continue  # appended once, when it ends (see the module's docstring)
             text, block = _view(reply, final=False)
             if block:
                 blocked.append(reply)
@@ -432,7 +487,19 @@ class InferenceWorker:
         the web tier's work per token (a stream read, a frame, a live rendering per chunk), which
         on a CPU is taken from the engine's cores, stays flat (bench/cpu_split.py). First pieces
         are never held."""
-        return min(self.flush_interval * max(len(self.replies), 1), self.flush_max)
+        interactive = sum(1 for reply in self.replies.values() if not reply.background)
+        return min(self.flush_interval * max(interactive, 1), self.flush_max)
+
+    def _put_back(self, reply: Reply) -> None:
+        """A preempted background reply: back to the front of its queue, to start over later."""
+        self.replies.pop(reply.id, None)
+        try:
+            streams.put_back(reply.request)
+        except RedisError:
+            logger.warning("Redis unavailable: preempted %s is ended instead of put back", reply.id)
+            self.replies[reply.id] = reply
+            reply.preempted = False
+            self._finish(reply, "cancelled", error="The inference worker could not put it back in its queue.")
 
     def _finish(self, reply: Reply, reason: str, error: str = "") -> None:
         """Flush the reply's last text, record metrics, and queue its result for storing."""

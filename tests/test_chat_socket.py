@@ -312,7 +312,7 @@ async def test_a_closed_socket_sends_nothing_and_stops_following_its_replies(mon
     from autobahn.exception import Disconnected
 
     from chat import consumers
-    from inference import streams
+    from inference import stream_reader
 
     consumer = consumers.ChatConsumer()
     consumer.closed, consumer.forwarders, consumer.sync_subscription = False, {}, None
@@ -331,7 +331,7 @@ async def test_a_closed_socket_sends_nothing_and_stops_following_its_replies(mon
     async def read_after(*args):
         raise AssertionError("a closed socket's reply stream was read")
 
-    monkeypatch.setattr(streams, "read_after", read_after)
+    monkeypatch.setattr(stream_reader, "read_after", read_after)
     await asyncio.wait_for(consumer._forward(7, 0), timeout=5)
 
 

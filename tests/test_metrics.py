@@ -33,6 +33,7 @@ async def test_a_served_reply_shows_up_in_the_prometheus_metrics(alice, worker, 
     assert f"chat_generated_tokens_total{{{labels}}} {done['usage']['completion_tokens']}" in text
     assert f'chat_worker_active_replies{{worker="{worker.worker_id}"}}' in text
     assert "chat_queue_length 0" in text
+    assert "chat_background_queue_length 0" in text
 
 
 @pytest.mark.django_db

@@ -127,16 +127,19 @@ async def test_after_the_first_reply_the_worker_asks_the_model_for_a_title_once(
 def test_a_title_request_is_queued_once_and_a_rename_wins_over_it(
     alice, tiny_model, titles_on, django_capture_on_commit_callbacks
 ):
-    streams.client().delete(streams.QUEUE_KEY)
+    streams.client().delete(*streams.QUEUE_KEYS)
     turn = turns.start_turn(alice, None, "Plan a weekend in Lisbon", None, None)
     with django_capture_on_commit_callbacks(execute=True):
         assert replies.end(turn.reply.pk, content="Start in Alfama.", done=Done("stop"))
         assert not replies.end(turn.reply.pk, content="Again", done=Done("stop"))
     conversation = Conversation.objects.get(pk=turn.conversation.pk)
     assert conversation.title_source == Conversation.TitleSource.PENDING
-    queued = [r for r in streams.client().lrange(streams.QUEUE_KEY, 0, -1) if b"title-" in r]
+    # Background work: on its own queue, with a deadline, never ahead of people's replies.
+    assert not [r for r in streams.client().lrange(streams.QUEUE_KEY, 0, -1) if b"title-" in r]
+    queued = [json.loads(r) for r in streams.client().lrange(streams.BACKGROUND_QUEUE_KEY, 0, -1) if b"title-" in r]
     assert len(queued) == 1
-    assert b"Plan a weekend in Lisbon" in queued[0] and b"Start in Alfama." in queued[0]
+    assert queued[0]["priority"] == "background" and queued[0]["deadline"] > time.time()
+    assert "Plan a weekend in Lisbon" in json.dumps(queued[0]) and "Start in Alfama." in json.dumps(queued[0])
 
     # The user renames it before the worker answers: the model's title is dropped.
     from chat import conversations
@@ -167,7 +170,7 @@ def test_a_failed_or_empty_title_keeps_the_cut_one(alice, tiny_model, titles_on)
 def test_no_title_request_for_a_failed_reply_an_api_call_or_when_turned_off(
     alice, tiny_model, settings, django_capture_on_commit_callbacks
 ):
-    streams.client().delete(streams.QUEUE_KEY)
+    streams.client().delete(*streams.QUEUE_KEYS)
     settings.CHAT_MODEL_TITLES = True
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         failed = turns.start_turn(alice, None, "Hello", None, None)

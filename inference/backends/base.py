@@ -27,16 +27,20 @@ class GenerationRequest:
     presence_penalty: float = 0.0
     seed: int | None = None
     adapter: str = ""  # a LoRA adapter the backend holds (add_adapter), or "" for the base model
+    background: bool = False  # nobody waits for it: it gives way to the others (protocol priorities)
 
     @classmethod
-    def build(cls, request_id: str, prompt_ids: list[int], sampling: dict, adapter: str = "") -> GenerationRequest:
+    def build(
+        cls, request_id: str, prompt_ids: list[int], sampling: dict, adapter: str = "", background: bool = False
+    ) -> GenerationRequest:
         """From an inference.sampling.resolve() dict."""
-        names = set(cls.__dataclass_fields__) - {"id", "prompt_ids", "max_new_tokens", "adapter"}
+        names = set(cls.__dataclass_fields__) - {"id", "prompt_ids", "max_new_tokens", "adapter", "background"}
         return cls(
             id=request_id,
             prompt_ids=prompt_ids,
             max_new_tokens=int(sampling["max_tokens"]),
             adapter=adapter,
+            background=background,
             **{k: v for k, v in sampling.items() if k in names},
         )
 

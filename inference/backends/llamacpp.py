@@ -133,7 +133,14 @@ class LlamaCppBackend(Backend):
             self._running[request.id] = thread
             self._threads.add(thread)
             if self._free_slots:  # else llama.cpp queues it for the first slot that frees
-                slot = choose_slot(sorted(self._free_slots), self._cached, request.prompt_ids, self.n_batch)
+                free = sorted(self._free_slots)
+                # Background work in the highest slot: llama.cpp fills each batch in slot order,
+                # so a person's prompt in a lower slot is read first.
+                slot = (
+                    free[-1]
+                    if request.background
+                    else choose_slot(free, self._cached, request.prompt_ids, self.n_batch)
+                )
                 self._free_slots.discard(slot)
                 self._slot_of[request.id] = slot
                 self._cached[slot] = list(request.prompt_ids)
@@ -214,6 +221,10 @@ class LlamaCppBackend(Backend):
             # computed in other batch shapes, whose last bits differ on some CPUs, and at
             # temperature 1 that changed a seeded reply (the same seed twice, once on CI).
             "cache_prompt": request.seed is None,
+            # A (text-less) chunk after each batch of the prompt is read: the callback can then
+            # cancel a request while its prompt is read, not only once it writes (a stop, or a
+            # background request giving way to a person's).
+            "return_progress": True,
         }
         if request.seed is not None:
             body["seed"] = int(request.seed)
@@ -240,6 +251,8 @@ class LlamaCppBackend(Backend):
             text = choice.get("text") or ""
             reason = choice.get("finish_reason")
             usage = chunk.get("usage")
+            if not (text or reason or usage):
+                return False  # the prompt's reading progress: nothing to report
             new_tokens = 1 if text and not reason else 0
             if usage and usage.get("completion_tokens") is not None:
                 new_tokens = max(int(usage["completion_tokens"]) - state["tokens"], 0)
