@@ -182,7 +182,7 @@ class InferenceWorker:
         """Take only as many requests as the batch has room for: the rest stay in the shared
         queue for other workers (and a full batch costs no Redis round trip per step).
         Background replies do not take room from interactive ones (they are preempted), and
-        background requests are taken only when no interactive one runs or waits."""
+        background requests are taken one at a time, only when nothing else runs or waits."""
         busy = sum(loaded.backend.load for loaded in self.models.values()) + len(self.unstored)
         background = sum(1 for reply in self.replies.values() if reply.background)
         room = self.max_batch - busy + background  # for interactive requests
@@ -195,29 +195,20 @@ class InferenceWorker:
                 if room <= 0 or time.monotonic() - self._last_poll < every:
                     return []
                 self._last_poll = time.monotonic()
-                taken = streams.pop_requests(room)
-                if not taken and busy == background and not self._preempting():
-                    taken = streams.pop_requests(self.max_batch - busy, background=True)
-                return taken
+                return streams.pop_requests(room)
             first = streams.wait_request(timeout=1.0)
             if first is None:
                 return []
-            if room <= 1:
+            if room <= 1 or first.get("priority") == BACKGROUND:
+                # One background request at a time (llama.cpp keeps one slot for them), and
+                # only when no interactive one waits (wait_request takes from that queue first).
                 return [first]
-            # The rest of the batch from the same queue: more background work only when the
-            # interactive queue is empty (wait_request took from it first).
-            more = streams.pop_requests(room - 1)
-            if not more and first.get("priority") == BACKGROUND:
-                more = streams.pop_requests(room - 1, background=True)
-            return [first, *more]
+            return [first, *streams.pop_requests(room - 1)]
         except RedisError as exc:
             logger.warning("Redis unavailable (%s); retrying", exc)
             if not busy:
                 self.stopping.wait(0.5)
             return []
-
-    def _preempting(self) -> bool:
-        return any(reply.preempted for reply in self.replies.values())
 
     def _preempt_background(self) -> None:
         """An interactive request is about to start: cancel every running background reply in

@@ -34,6 +34,43 @@ def test_a_conversation_goes_back_to_the_slot_that_holds_its_start():
     assert choose_slot([0, 1, 2, 3], {0: [1, 2]}, [1, 2] + list(range(9000, 9500)), 64) == 3
 
 
+def test_a_next_turn_goes_back_to_the_slot_that_read_its_last_turn_and_wrote_its_reply():
+    first_turn = list(range(100, 140))  # 40 prompt tokens, then a reply of 90 tokens
+    next_turn = first_turn + list(range(1000, 1090)) + list(range(2000, 2024))
+    cached = {0: list(range(7000, 7040)), 1: first_turn}
+    # Only the prompt counted: 40 shared tokens of 154 leave more than a batch to read (slot 3).
+    assert choose_slot([0, 1, 2, 3], cached, next_turn, 64) == 3
+    # With the reply's 90 tokens (llama.cpp's cache holds them too), about 24 are left: slot 1.
+    assert choose_slot([0, 1, 2, 3], cached, next_turn, 64, generated={1: 90}) == 1
+    # A reply counts only behind a prompt shared whole.
+    assert choose_slot([0, 1, 2, 3], {1: [100, 5]}, next_turn, 64, generated={1: 90}) == 3
+
+
+@pytest.mark.slow
+def test_background_work_has_a_slot_of_its_own():
+    spec = ModelSpec(
+        slug=PACKAGED_SLUG, source="packaged", location="", backend="llamacpp", gguf_file=PACKAGED_GGUF, dtype="auto"
+    )
+    backend = open_backend(
+        spec, TEST_MODEL_DIR, max_batch=4, prefill_chunk=64, parallel=2, threads=0,
+        max_input_tokens=1024, max_new_tokens=64,
+    )  # fmt: skip
+    try:
+        prompt = apply_template(backend.tokenizer, [{"role": "user", "content": "Say hi."}])
+        backend.add(GenerationRequest("person", prompt, max_new_tokens=2))
+        backend.add(GenerationRequest("title", prompt, max_new_tokens=2, background=True))
+        assert backend._slot_of == {"person": 0, "title": 2}  # 2 slots for people, the third for titles
+        deadline = time.monotonic() + 60
+        ended = set()
+        while backend.has_work and time.monotonic() < deadline:
+            ended |= {e.request_id for e in backend.step() if e.finish_reason}
+        assert ended == {"person", "title"}
+        assert backend._free_slots == {0, 1}
+        assert backend._generated[0] == 2  # the person's reply follows its prompt in slot 0's cache
+    finally:
+        backend.close()
+
+
 @pytest.mark.slow
 def test_a_short_prompt_starts_before_a_long_one_that_came_first_has_been_read():
     """Real llama.cpp on the packaged GGUF, batches of 32 tokens: a ~600-token prompt is added,

@@ -30,17 +30,25 @@ WAIT_S = 0.02  # longest a step waits for a first event while requests run
 GATHER_S = 0.025
 
 
-def choose_slot(free: list[int], cached: dict[int, list[int]], prompt: list[int], n_batch: int) -> int:
+def choose_slot(
+    free: list[int], cached: dict[int, list[int]], prompt: list[int], n_batch: int, generated: dict | None = None
+) -> int:
     """The llama.cpp slot for a prompt, among the free ones. llama.cpp fills each batch slot by
     slot in slot order, so a prompt being read in a low slot holds back every prompt in a higher
     one until it is read whole (bench/llamacpp_slots.py: a short prompt's first token after 0.46 s
     below a 1,900-token one, 9.71 s above it). So: the slot whose cache (`cached`: the prompt it
-    last read) shares the longest start with this prompt, when that leaves at most one batch to
-    read or saves at least a batch; otherwise, the highest free slot for a long read and the
-    lowest for a short one."""
+    last read, followed by the `generated` tokens of its reply) shares the longest start with this
+    prompt, when that leaves at most one batch to read or saves at least a batch; otherwise, the
+    highest free slot for a long read and the lowest for a short one. A conversation's next turn
+    starts with the last turn's prompt and reply: its reply's tokens count as shared (their ids
+    are not known here; the reply's text, templated again, mostly gives the same ones)."""
+    generated = generated or {}
     best, shared = free[0], -1
     for slot in free:
-        common = _common_start(cached.get(slot, ()), prompt)
+        last = cached.get(slot, ())
+        common = _common_start(last, prompt)
+        if last and common == len(last):
+            common += min(generated.get(slot, 0), len(prompt) - common)
         if common > shared:
             best, shared = slot, common
     if len(prompt) - shared <= n_batch and shared > 0 or shared >= n_batch:
@@ -90,9 +98,15 @@ class LlamaCppBackend(Backend):
             xllamacpp.CommonAdapterLoraInfo(str(adapter_gguf(folder)), 1.0) for folder in self.adapters.values()
         ]
         params.lora_init_without_apply = True
-        params.n_parallel = n_parallel
+        params.n_parallel = n_parallel + 1  # the last one for background work (see background_slot)
         params.n_ctx = n_ctx
         params.kv_unified = True  # one KV pool shared by the slots: a long chat may use most of it
+        # Keep an idle slot's cache in the pool. llama.cpp's default moves it to a RAM cache and
+        # clears it whenever another slot starts, and restores it only into a slot llama.cpp picks
+        # itself, never into the one a request names (`id_slot`, see choose_slot): the next turn of
+        # a 60-turn conversation then read its 1,870 tokens again (11.3 s instead of 0.28 s).
+        # A full pool still makes room by dropping idle caches.
+        params.cache_idle_slots = False
         # llama.cpp puts prompt tokens and other slots' next tokens in one batch of n_batch: a
         # small batch reads a long prompt in chunks, so the others keep getting tokens meanwhile.
         params.n_batch = n_batch
@@ -104,10 +118,14 @@ class LlamaCppBackend(Backend):
         params.warmup = True
         self.server = xllamacpp.Server(params)
         self.n_parallel = n_parallel
+        # One slot more than asked, kept for background work (titles): it never takes, and so
+        # never overwrites, the cache of a slot where a person's conversation was read.
+        self.background_slot = n_parallel
         self.n_batch = n_batch
         self._free_slots = set(range(n_parallel))
         self._slot_of: dict[str, int] = {}
         self._cached: dict[int, list[int]] = {}  # slot → the prompt it last read (its cache)
+        self._generated: dict[int, int] = {}  # slot → the tokens of the reply that followed it
         self._events: queue.Queue[StepEvent] = queue.Queue()
         self._running: dict[str, threading.Thread] = {}
         # Every request thread still inside llama.cpp, including those `fail_all` stopped
@@ -132,18 +150,18 @@ class LlamaCppBackend(Backend):
         with self._lock:
             self._running[request.id] = thread
             self._threads.add(thread)
-            if self._free_slots:  # else llama.cpp queues it for the first slot that frees
+            if request.background:
+                # Its own slot, the highest: llama.cpp fills each batch in slot order, so a
+                # person's prompt in a lower slot is read first (a second background request
+                # waits in llama.cpp's queue for it; the worker runs one at a time).
+                self._slot_of[request.id] = self.background_slot
+            elif self._free_slots:  # else llama.cpp queues it for the first slot that frees
                 free = sorted(self._free_slots)
-                # Background work in the highest slot: llama.cpp fills each batch in slot order,
-                # so a person's prompt in a lower slot is read first.
-                slot = (
-                    free[-1]
-                    if request.background
-                    else choose_slot(free, self._cached, request.prompt_ids, self.n_batch)
-                )
+                slot = choose_slot(free, self._cached, request.prompt_ids, self.n_batch, self._generated)
                 self._free_slots.discard(slot)
                 self._slot_of[request.id] = slot
                 self._cached[slot] = list(request.prompt_ids)
+                self._generated[slot] = 0
         thread.start()
 
     def cancel(self, request_id: str) -> None:
@@ -271,8 +289,9 @@ class LlamaCppBackend(Backend):
             self._put(request, state, StepEvent(request.id, finish_reason="error", error=error))
         with self._lock:
             slot = self._slot_of.pop(request.id, None)
-            if slot is not None:
+            if slot is not None and slot != self.background_slot:
                 self._free_slots.add(slot)
+                self._generated[slot] = state["tokens"]
             self._threads.discard(threading.current_thread())
         if not state["finished"]:
             reason = "cancelled" if request.id in self._cancelled else "error"
