@@ -8,9 +8,9 @@ while the database is unavailable: a result leaves memory only once stored) → 
 reap orphans and unload idle models.
 
 Priorities (protocol.Request.priority): interactive requests are taken first, whenever the batch
-has room for them. Background requests (titles) are taken only when this worker runs no
-interactive request and none is waiting; an interactive request that arrives while background
-ones run preempts them: they are cancelled in the engine (within one llama.cpp batch or one
+has room for them. Background requests (titles) are taken one at a time, only when this worker
+runs nothing else and no interactive request waits; an interactive request that arrives while a
+background one runs preempts it: it is cancelled in the engine (within one llama.cpp batch or one
 transformers step) and put back at the front of the background queue, to start again once the
 worker is idle. Their text is not streamed while they run (nobody watches it come, and a
 preempted one starts over): it is appended once, when they end.
