@@ -177,6 +177,13 @@ def test_a_title_preempted_by_a_persons_reply_is_still_written(served, sink, ali
     interactive_reply(sink, served, "person-over-title")
     wait_for(lambda: answers.get(title.id))
     assert answers[title.id][1] in ("stop", "length")  # it ran to its end after giving way
-    conversation = Conversation.objects.get(pk=turn.conversation.pk)
+    # Stored by the worker's thread (answers is filled just before): wait for its commit.
+    conversation = wait_for(
+        lambda: (
+            Conversation.objects.filter(pk=turn.conversation.pk)
+            .exclude(title_source=Conversation.TitleSource.PENDING)
+            .first()
+        )
+    )
     assert conversation.title_source in (Conversation.TitleSource.MODEL, Conversation.TitleSource.MESSAGE)
     assert conversation.title  # the model's title, or the cut first message
