@@ -95,7 +95,9 @@ def wait_for(predicate, timeout: float = 120.0):
 def interactive_reply(sink, model, request_id: str) -> tuple[float, float]:
     """A person's short request, submitted now: (its first token, its whole reply) in seconds,
     measured by the worker from the moment it was queued."""
-    person = request(model, request_id, "Name three colours of the rainbow.", 24)
+    # Its own text each time: a prompt llama.cpp has read before comes from its cache at once
+    # (28 ms instead of 180 on CI), which would compare a cached read with an uncached one.
+    person = request(model, request_id, f"({request_id}) Name three colours of the rainbow.", 24)
     streams.submit(person)
     _, done, ended = wait_for(lambda: sink.done.get(request_id))
     assert done.finish_reason in ("stop", "length"), done
@@ -127,12 +129,12 @@ def test_a_background_request_started_first_does_not_delay_a_persons_reply(serve
     report = f"(first token s, whole reply s): alone {alone}, behind a background request {behind}"
     print(report)
     # "As if the background work were not there": the medians of the two orders agree within
-    # the spread of a busy 2-core machine and one llama.cpp batch (or transformers step) of the
-    # background prompt that may be under way when the person's request arrives. Sharing the
-    # engine with the background prompt instead made the reply several times slower.
+    # the spread of a busy 2-core machine and the llama.cpp batches (or transformers step) of the
+    # background prompt under way when the person's request arrives (0.2-0.4 s on CI's 2 cores).
+    # Sharing the engine with the background prompt instead made the reply several times slower.
     first_alone, whole_alone = (statistics.median(x) for x in zip(*alone, strict=True))
     first_behind, whole_behind = (statistics.median(x) for x in zip(*behind, strict=True))
-    assert first_behind <= 1.5 * first_alone + 0.3, report
+    assert first_behind <= 1.5 * first_alone + 0.5, report
     assert whole_behind <= 1.5 * whole_alone + 0.5, report
 
 
