@@ -110,11 +110,14 @@ def test_a_seeded_request_reads_its_whole_prompt_and_others_reuse_the_cache():
 
     from inference.backends.llamacpp import LlamaCppBackend
 
-    state = SimpleNamespace(_slot_of={}, adapters={})
+    state = SimpleNamespace(_slot_of={}, adapters={}, _fresh=set())
     seeded = LlamaCppBackend._body(state, GenerationRequest("a", [1, 2, 3], max_new_tokens=8, seed=7))
     unseeded = LlamaCppBackend._body(state, GenerationRequest("b", [1, 2, 3], max_new_tokens=8))
     assert seeded["cache_prompt"] is False and seeded["seed"] == 7
     assert unseeded["cache_prompt"] is True and "seed" not in unseeded
+    # A slot whose cache was computed with another LoRA adapter: the whole prompt again.
+    state._fresh.add("c")
+    assert LlamaCppBackend._body(state, GenerationRequest("c", [1, 2, 3], max_new_tokens=8))["cache_prompt"] is False
 
 
 @pytest.mark.slow

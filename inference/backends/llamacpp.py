@@ -126,6 +126,8 @@ class LlamaCppBackend(Backend):
         self._slot_of: dict[str, int] = {}
         self._cached: dict[int, list[int]] = {}  # slot → the prompt it last read (its cache)
         self._generated: dict[int, int] = {}  # slot → the tokens of the reply that followed it
+        self._slot_adapter: dict[int, str] = {}  # slot → the LoRA adapter its cache was computed with
+        self._fresh: set[str] = set()  # requests that must read their whole prompt (see add)
         self._events: queue.Queue[StepEvent] = queue.Queue()
         self._running: dict[str, threading.Thread] = {}
         # Every request thread still inside llama.cpp, including those `fail_all` stopped
@@ -157,9 +159,16 @@ class LlamaCppBackend(Backend):
                 self._slot_of[request.id] = self.background_slot
             elif self._free_slots:  # else llama.cpp queues it for the first slot that frees
                 free = sorted(self._free_slots)
-                slot = choose_slot(free, self._cached, request.prompt_ids, self.n_batch, self._generated)
+                # Only a cache computed with the same adapter (or none) is worth reusing; a slot
+                # whose cache was computed with another one reads the whole prompt again (a
+                # prompt read without the adapter changed an adapter's greedy answer).
+                same = {k: v for k, v in self._cached.items() if self._slot_adapter.get(k, "") == request.adapter}
+                slot = choose_slot(free, same, request.prompt_ids, self.n_batch, self._generated)
+                if self._slot_adapter.get(slot, "") != request.adapter:
+                    self._fresh.add(request.id)
                 self._free_slots.discard(slot)
                 self._slot_of[request.id] = slot
+                self._slot_adapter[slot] = request.adapter
                 self._cached[slot] = list(request.prompt_ids)
                 self._generated[slot] = 0
         thread.start()
@@ -238,7 +247,7 @@ class LlamaCppBackend(Backend):
             # A seeded request reads its whole prompt: one partly read from a slot's cache is
             # computed in other batch shapes, whose last bits differ on some CPUs, and at
             # temperature 1 that changed a seeded reply (the same seed twice, once on CI).
-            "cache_prompt": request.seed is None,
+            "cache_prompt": request.seed is None and request.id not in self._fresh,
             # A (text-less) chunk after each batch of the prompt is read: the callback can then
             # cancel a request while its prompt is read, not only once it writes (a stop, or a
             # background request giving way to a person's).
@@ -289,6 +298,7 @@ class LlamaCppBackend(Backend):
             self._put(request, state, StepEvent(request.id, finish_reason="error", error=error))
         with self._lock:
             slot = self._slot_of.pop(request.id, None)
+            self._fresh.discard(request.id)
             if slot is not None and slot != self.background_slot:
                 self._free_slots.add(slot)
                 self._generated[slot] = state["tokens"]
