@@ -442,7 +442,9 @@ class InferenceWorker:
         for stop markers. Text is only marked sent once Redis accepted it; the tail that could
         begin a stop string is held back until it is decided."""
         now = time.monotonic()
-        first_pieces = any(r.content and not r.flushed_once for r in self.replies.values())
+        # (a background reply is never flushed while it runs: it must not count as first pieces,
+        # or every step would flush while a title runs)
+        first_pieces = any(r.content and not r.flushed_once and not r.background for r in self.replies.values())
         if not first_pieces and now - self._last_flush < self.current_flush_interval():
             return
         self._last_flush = now
