@@ -165,3 +165,16 @@ def worker(tiny_model):
     thread = WorkerThread(f"test-{uuid.uuid4().hex[:8]}").start()
     yield thread.worker
     thread.stop()
+
+
+def wait_for(predicate, timeout: float = 60.0, every: float = 0.1):
+    """`predicate()`'s first truthy value, asked every `every` seconds for up to `timeout`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out")

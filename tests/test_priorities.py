@@ -19,6 +19,7 @@ from inference.defaults import ensure_default_model
 from inference.models import LanguageModel
 from inference.protocol import BACKGROUND, Done, Request
 
+from . import conftest
 from .conftest import WorkerThread
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -83,13 +84,7 @@ def request(model, request_id: str, text: str, max_tokens: int, **options) -> Re
 
 
 def wait_for(predicate, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("timed out")
+    return conftest.wait_for(predicate, timeout, every=0.02)
 
 
 def interactive_reply(sink, model, request_id: str) -> tuple[float, float]:

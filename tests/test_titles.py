@@ -18,7 +18,7 @@ from inference.defaults import ensure_default_model
 from inference.models import LanguageModel
 from inference.protocol import Done
 
-from .conftest import WorkerThread
+from .conftest import WorkerThread, wait_for
 from .socket_client import connect, receive, send, until_done
 
 
@@ -53,16 +53,6 @@ def test_a_first_message_is_cut_at_a_word_boundary():
 @pytest.fixture
 def titles_on(settings):
     settings.CHAT_MODEL_TITLES = True
-
-
-def wait_for(predicate, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 @pytest.fixture
