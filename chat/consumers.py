@@ -45,10 +45,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.closed = False
         self.socket_id = uuid.uuid4().hex
         self.sync_subscription: sync.Subscription | None = None
+        authenticated = self.user is not None and self.user.is_authenticated
+        # Where the user's events stand before the socket is open: everything published once
+        # the page has it reaches the page (taken after, a busy process missed the "started"
+        # of a reply sent by another tab in between).
+        after = await sync.position(self.user.pk) if authenticated else None
         await self.accept()
-        if self.user is None or not self.user.is_authenticated:
+        if not authenticated:
             return await self.refuse()
-        self.sync_subscription = await sync.subscribe(self.user.pk, self._follow_user_events)
+        self.sync_subscription = await sync.subscribe(self.user.pk, self._follow_user_events, after)
 
     async def __call__(self, scope, receive, send) -> None:
         # However the socket ends (a disconnect, or its task cancelled by the server or a test

@@ -56,13 +56,14 @@ async def apublish(user_id: int, event: dict) -> None:
         pass
 
 
-async def last_id(user_id: int) -> str:
-    """The id of the newest event, so a socket reads only what comes after it connected."""
-    entries = await streams.async_client().xrevrange(key(user_id), count=1)
-    if not entries:
+async def position(user_id: int) -> str:
+    """The id of the newest event ("0-0" when there is none or Redis cannot tell), so a socket
+    reads only what comes after it connected."""
+    try:
+        entries = await streams.async_client().xrevrange(key(user_id), count=1)
+    except RedisError:
         return "0-0"
-    entry_id = entries[0][0]
-    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return _text(entries[0][0]) if entries else "0-0"
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
@@ -97,12 +98,13 @@ class UserEvents:
         self.cursors: dict[int, str] = {}  # user id → the last stream id the reader asked after
         self.task: asyncio.Task | None = None
 
-    async def subscribe(self, user_id: int, callback: Callable[[dict], Awaitable[None]]) -> Subscription:
-        """From now on, await `callback(event)` for each event published for `user_id`."""
-        try:
-            after = await last_id(user_id)
-        except RedisError:
-            after = "0-0"
+    async def subscribe(
+        self, user_id: int, callback: Callable[[dict], Awaitable[None]], after: str | None = None
+    ) -> Subscription:
+        """Await `callback(event)` for each event published for `user_id` after the event `after`
+        (by default, the newest one now: see `position`)."""
+        if after is None:
+            after = await position(user_id)
         subscription = Subscription(int(user_id), callback, _id_key(after))
         cursor = self.cursors.get(subscription.user_id)
         if cursor is None or _id_key(after) < _id_key(cursor):
@@ -173,9 +175,12 @@ def user_events() -> UserEvents:
     return hub
 
 
-async def subscribe(user_id: int, callback: Callable[[dict], Awaitable[None]]) -> Subscription:
-    """Await `callback(event)` for each event of `user_id` published after this call."""
-    return await user_events().subscribe(user_id, callback)
+async def subscribe(
+    user_id: int, callback: Callable[[dict], Awaitable[None]], after: str | None = None
+) -> Subscription:
+    """Await `callback(event)` for each event of `user_id` published after `after` (by
+    default, after this call)."""
+    return await user_events().subscribe(user_id, callback, after)
 
 
 def unsubscribe(subscription: Subscription) -> None:

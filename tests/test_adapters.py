@@ -110,8 +110,13 @@ def test_llamacpp_applies_each_request_s_adapter_even_in_one_batch(tmp_path_fact
                 texts[event.request_id] += event.text
         return texts
 
-    alone = answers([GenerationRequest("base", ids, 24)]) | answers([GenerationRequest("one", ids, 24, adapter="one")])
-    together = answers([GenerationRequest("base", ids, 24), GenerationRequest("one", ids, 24, adapter="one")])
+    # Seeded, so each request reads its whole prompt (see LlamaCppBackend._body): a prompt read
+    # partly from a slot's cache computes its last token in another batch shape, whose last bits
+    # changed this random adapter's greedy answer after ten tokens (on CI and here), which is
+    # not what this test is about.
+    base, one = GenerationRequest("base", ids, 24, seed=0), GenerationRequest("one", ids, 24, adapter="one", seed=0)
+    alone = answers([base]) | answers([one])
+    together = answers([base, one])
     backend.close()
     assert alone["base"] != alone["one"]  # the adapter changes the answer
     assert together == alone  # and applies to its own request only, side by side
