@@ -95,7 +95,7 @@ def child(kind: str, count: int, paths: dict) -> dict:
         from inference.backends.llamacpp import LlamaCppBackend
 
         def load(gguf, adapters=None):
-            return LlamaCppBackend(gguf, tokenizer, n_parallel=1, n_threads=0, n_ctx=2048, adapters=adapters)
+            return LlamaCppBackend(gguf, tokenizer, n_parallel=1, n_threads=0, slot_context=2048, adapters=adapters)
 
         if mode == "adapters":
             adapters = {f"a{i}": folder for i, folder in enumerate(paths["adapters"][:count])}

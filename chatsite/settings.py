@@ -141,6 +141,7 @@ INSTALLED_APPS = [
     "presets",
     "dashboard",
     "api",
+    "evals",
 ]
 
 MIDDLEWARE = [
@@ -281,6 +282,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 7 * 24 * 3600}
 CELERY_TASK_ALWAYS_EAGER = False
+# Eval runs have a queue of their own: `make run` gives it its own worker (threads), so a run
+# never waits behind a fine-tuning job, which takes the default queue's one slot for its length.
+CELERY_TASK_ROUTES = {"evals.*": {"queue": "evals"}}
 
 # --- Chat limits ---------------------------------------------------------------------------
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 64 * 1024, minimum=1024)
@@ -340,8 +344,6 @@ INFERENCE_IDLE_UNLOAD_S = env_int("INFERENCE_IDLE_UNLOAD_S", 1800, minimum=0)
 # llama.cpp: threads (0: the number of CPU cores) and parallel sequences (slots) per model.
 INFERENCE_LLAMACPP_THREADS = env_int("INFERENCE_LLAMACPP_THREADS", 0, minimum=0)
 INFERENCE_LLAMACPP_PARALLEL = env_int("INFERENCE_LLAMACPP_PARALLEL", 8, minimum=1)
-# llama.cpp: tokens of KV cache shared by a model's parallel sequences (at least one full request).
-INFERENCE_LLAMACPP_CONTEXT = env_int("INFERENCE_LLAMACPP_CONTEXT", 8192, minimum=512)
 # transformers: long prompts are read in chunks of this many tokens between decoding steps, so
 # other users' replies go on meanwhile. llama.cpp: tokens per batch (prompt chunks and the other
 # sequences' next tokens together). Both chosen with bench/run.py (docs/performance.md): with 64
@@ -354,6 +356,9 @@ INFERENCE_LLAMACPP_BATCH = env_int("INFERENCE_LLAMACPP_BATCH", 64, minimum=16)
 API_RATE_LIMIT = env_int("API_RATE_LIMIT", 120, minimum=0)
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 1_000_000, minimum=1000)
 API_MAX_CHOICES = env_int("API_MAX_CHOICES", 4, minimum=1)
+# Evals (/v1/evals): items one run may hold, and runs one user may have queued or running at once.
+EVALS_MAX_ITEMS = env_int("EVALS_MAX_ITEMS", 1000, minimum=1)
+EVALS_MAX_ACTIVE_RUNS = env_int("EVALS_MAX_ACTIVE_RUNS", 3, minimum=1)
 
 # Redis connections one web process's event loop may open (inference/streams.py `async_client`),
 # however many sockets it serves: two hold the blocking reads that every socket shares (reply

@@ -376,7 +376,6 @@ class InferenceWorker:
             prefill_chunk=settings.INFERENCE_PREFILL_CHUNK,
             parallel=min(self.max_batch, settings.INFERENCE_LLAMACPP_PARALLEL),
             threads=settings.INFERENCE_LLAMACPP_THREADS,
-            context=settings.INFERENCE_LLAMACPP_CONTEXT,
             batch=settings.INFERENCE_LLAMACPP_BATCH,
             max_input_tokens=row.max_input_tokens,
             max_new_tokens=row.max_new_tokens_cap,

@@ -140,3 +140,40 @@ def test_closing_right_after_fail_all_waits_for_the_request_threads():
     backend.fail_all("boom")
     backend.close()
     assert not [t.name for t in threading.enumerate() if t.name in ("llamacpp-f1", "llamacpp-f2")]
+
+
+def test_every_slot_holds_a_request_of_the_model_s_full_length_at_once():
+    """One KV stream per slot (kv_unified off), each sized for the model's input limit plus its
+    new-token cap: two people's longest prompts and a background one are read side by side, and
+    each gets every token it asked for, none an error for want of room."""
+    spec = ModelSpec(
+        slug=PACKAGED_SLUG, source="packaged", location="", backend="llamacpp", gguf_file=PACKAGED_GGUF, dtype="auto"
+    )
+    backend = open_backend(
+        spec, TEST_MODEL_DIR, max_batch=4, prefill_chunk=64, parallel=2, threads=0,
+        max_input_tokens=300, max_new_tokens=16,
+    )  # fmt: skip
+    try:
+        prompts = {}
+        for name in ("first", "second", "title"):
+            words = [f"{name}{i}" for i in range(200)]
+            while len(ids := apply_template(backend.tokenizer, [{"role": "user", "content": " ".join(words)}])) > 300:
+                words.pop()
+            assert len(ids) > 280
+            prompts[name] = ids
+        backend.add(GenerationRequest("title", prompts["title"], max_new_tokens=16, background=True))
+        backend.add(GenerationRequest("first", prompts["first"], max_new_tokens=16))
+        backend.add(GenerationRequest("second", prompts["second"], max_new_tokens=16))
+        tokens, ends = dict.fromkeys(prompts, 0), {}
+        deadline = time.monotonic() + 120
+        while backend.has_work and time.monotonic() < deadline:
+            for event in backend.step():
+                tokens[event.request_id] += event.new_tokens
+                if event.finish_reason:
+                    ends[event.request_id] = (event.finish_reason, event.error)
+        assert set(ends) == set(prompts)
+        for name, (reason, error) in ends.items():
+            assert reason in ("length", "stop") and not error, (name, reason, error)
+            assert tokens[name] == 16 or reason == "stop", (name, tokens[name])
+    finally:
+        backend.close()

@@ -60,17 +60,13 @@ def _open_llamacpp(spec: ModelSpec, model_dir: Path, options: dict) -> Backend:
             f"Model {spec.slug!r} has no GGUF file for llama.cpp; set its GGUF file or use transformers."
         )
     tokenizer = load_tokenizer(spec, model_dir)
-    # One KV pool shared by the parallel sequences (kv_unified): room for one request of the
-    # model's full length, and for INFERENCE_LLAMACPP_CONTEXT tokens in all (KV memory grows with it).
-    per_request = options["max_input_tokens"] + options["max_new_tokens"]
-    n_parallel = options["parallel"]
-    n_ctx = max(per_request, options.get("context", 8192))
     return LlamaCppBackend(
         str(path),
         tokenizer,
-        n_parallel=n_parallel,
+        n_parallel=options["parallel"],
         n_threads=options["threads"],
-        n_ctx=n_ctx,
+        # Each slot holds one request of the model's full length (its own KV stream).
+        slot_context=options["max_input_tokens"] + options["max_new_tokens"],
         n_batch=options.get("batch", 256),
         adapters={
             name: folder for name, folder in (options.get("adapters") or {}).items() if adapter_gguf(folder).is_file()

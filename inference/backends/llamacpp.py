@@ -80,7 +80,7 @@ class LlamaCppBackend(Backend):
         *,
         n_parallel: int,
         n_threads: int,
-        n_ctx: int,
+        slot_context: int,
         n_batch: int = 256,
         adapters: dict[str, str] | None = None,  # name → adapter folder holding adapter.gguf
     ) -> None:
@@ -99,13 +99,18 @@ class LlamaCppBackend(Backend):
         ]
         params.lora_init_without_apply = True
         params.n_parallel = n_parallel + 1  # the last one for background work (see background_slot)
-        params.n_ctx = n_ctx
-        params.kv_unified = True  # one KV pool shared by the slots: a long chat may use most of it
-        # Keep an idle slot's cache in the pool. llama.cpp's default moves it to a RAM cache and
+        # One KV stream per slot, each with room for one request of the model's full length
+        # (`slot_context` tokens). In one pool shared by the slots (kv_unified), the idle caches
+        # kept below made every batch's attention span them: a 2,000-token prompt read in 14.2 s
+        # instead of 10.3 s, and 8 users' second turns ran at 0.70x bare llama.cpp
+        # (docs/performance-history.md, 2026-12-07). The price is memory: slots x slot_context
+        # tokens of KV, about 850 MB for the default model's 9 x 4,096.
+        params.kv_unified = False
+        params.n_ctx = slot_context * params.n_parallel
+        # Keep an idle slot's cache in its stream. llama.cpp's default moves it to a RAM cache and
         # clears it whenever another slot starts, and restores it only into a slot llama.cpp picks
         # itself, never into the one a request names (`id_slot`, see choose_slot): the next turn of
         # a 60-turn conversation then read its 1,870 tokens again (11.3 s instead of 0.28 s).
-        # A full pool still makes room by dropping idle caches.
         params.cache_idle_slots = False
         # llama.cpp puts prompt tokens and other slots' next tokens in one batch of n_batch: a
         # small batch reads a long prompt in chunks, so the others keep getting tokens meanwhile.
