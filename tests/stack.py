@@ -238,6 +238,8 @@ class LiveStack:
         under the same name: a restarted worker resumes the jobs its earlier run left."""
         argv = [sys.executable, "-m", "celery", "-A", "chatsite", "worker", "--loglevel", "info"]
         argv += ["--concurrency", "1", "--pool", "solo", "--hostname", self.CELERY_HOSTNAME]
+        # Both queues in one process here (make run gives eval runs a worker of their own).
+        argv += ["-Q", "celery,evals"]
         self.group.start("celery", argv, log_path=self.log_dir / "celery.log")
 
     def kill_celery(self) -> None:

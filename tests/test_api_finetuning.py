@@ -331,3 +331,55 @@ def test_the_sdk_cancels_a_running_job(stack):
     assert cancelled.status == "cancelled" and cancelled.fine_tuned_model is None
     with pytest.raises(openai.ConflictError):
         client.fine_tuning.jobs.cancel(job.id)
+
+
+# --- evals through the SDK, on the same stack (its Celery worker takes the evals queue too) ------
+@pytest.mark.stack
+@pytest.mark.timeout(600)
+def test_the_sdk_runs_an_eval_and_reads_its_graded_output_items(stack):
+    from tests.test_evals import CRITERIA, ROWS, SCHEMA, TEMPLATE
+
+    client = sdk_client(stack, "sdk-evaluator", allowed=False)
+    evaluation = client.evals.create(
+        name="facts", data_source_config={"type": "custom", "item_schema": SCHEMA}, testing_criteria=CRITERIA
+    )
+    assert evaluation.id.startswith("eval_") and [c.name for c in evaluation.testing_criteria] == ["exact", "rouge"]
+    data_source = {
+        "type": "completions",
+        "model": "tiny",
+        "input_messages": {"type": "template", "template": TEMPLATE},
+        "sampling_params": {"temperature": 0, "max_completion_tokens": 8},
+        "source": {"type": "file_content", "content": [{"item": item} for item, _ in ROWS]},
+    }
+    run = client.evals.runs.create(evaluation.id, name="tiny on facts", data_source=data_source)
+    assert run.status in ("queued", "in_progress") and run.model == "tiny"
+    deadline = time.monotonic() + 300
+    while run.status in ("queued", "in_progress") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        run = client.evals.runs.retrieve(run.id, eval_id=evaluation.id)
+    assert run.status == "completed", run
+    assert run.result_counts.total == 3 and run.result_counts.errored == 0
+    assert {r.testing_criteria for r in run.per_testing_criteria_results} == {"exact", "rouge"}
+    items = list(client.evals.runs.output_items.list(run.id, eval_id=evaluation.id, limit=2))
+    assert sorted(i.datasource_item_id for i in items) == [0, 1, 2]  # auto-paging over pages of two
+    for item in items:
+        assert item.sample.model == "tiny" and item.sample.output[0].role == "assistant"
+        assert {r.name for r in item.results} == {"exact", "rouge"} and item.status in ("pass", "fail")
+    assert client.evals.runs.output_items.retrieve(items[0].id, eval_id=evaluation.id, run_id=run.id).id == items[0].id
+
+    # A long run is canceled while it answers; then the eval goes, with its runs.
+    many = {**data_source, "source": {"type": "file_content", "content": [{"item": item} for item, _ in ROWS * 40]}}
+    long_run = client.evals.runs.create(evaluation.id, data_source=many)
+    canceled = client.evals.runs.cancel(long_run.id, eval_id=evaluation.id)
+    assert canceled.status in ("canceled", "in_progress")
+    deadline = time.monotonic() + 60
+    while canceled.status != "canceled" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        canceled = client.evals.runs.retrieve(long_run.id, eval_id=evaluation.id)
+    assert canceled.status == "canceled" and canceled.result_counts.total < 120
+    assert [r.id for r in client.evals.runs.list(evaluation.id)] == [long_run.id, run.id]
+    assert client.evals.delete(evaluation.id).deleted is True
+    import openai
+
+    with pytest.raises(openai.NotFoundError):
+        client.evals.retrieve(evaluation.id)

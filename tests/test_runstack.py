@@ -208,7 +208,7 @@ def test_runstack_prints_a_working_admin_password_and_ctrl_c_stops_every_process
         assert session.get(f"{launcher.url}admin/", timeout=10).status_code == 200  # a superuser
 
         children = launcher.child_pids()
-        assert set(children) == {"redis", "daphne", "worker-0", "celery"}, launcher.output
+        assert set(children) == {"redis", "daphne", "worker-0", "celery", "celery-evals"}, launcher.output
         assert launcher.output.count(password) == 1, "the password must be printed once"
 
         launcher.process.send_signal(signal.SIGINT)

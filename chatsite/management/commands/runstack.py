@@ -125,6 +125,11 @@ class Command(BaseCommand):
             celery = "-m celery -A chatsite worker -B --loglevel info --concurrency 1 --pool solo".split()
             self._start("celery", [python, *celery, "--hostname", f"celery@{hostname}"])
             self.supervisor.restart_on_crash("celery", WORKER_RESTARTS)
+            # Eval runs (evals/tasks.py) on a queue and worker of their own: a run mostly waits for
+            # the inference workers, so threads; it never waits behind a fine-tuning job.
+            evals = "-m celery -A chatsite worker -Q evals --loglevel info --concurrency 4 --pool threads".split()
+            self._start("celery-evals", [python, *evals, "--hostname", f"evals@{hostname}"])
+            self.supervisor.restart_on_crash("celery-evals", WORKER_RESTARTS)
         self.phase = "running"
         return self._watch(host, port, env["REDIS_URL"])
 

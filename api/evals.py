@@ -1,0 +1,279 @@
+"""/v1/evals: OpenAI's Evals API over the studio's evals (evals/), so the official SDK's
+`client.evals` works unchanged. Ids are `eval_<n>`, `evalrun_<n>` and `outputitem_<n>`; another
+user's ids answer 404 like unknown ones. What is supported, and the extensions (the exact_match
+and f1 metrics, a run's `progress`), are in docs/evals.md."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import transaction
+from django.http import JsonResponse
+from django.urls import reverse
+
+from evals import definitions, runs, sources
+from evals.errors import EvalError
+from evals.models import Eval, OutputItem, Run
+
+from . import pagination
+from .auth import api_view
+from .completions import parse_body
+from .errors import ApiError, not_found
+from .views import usable_model
+
+EVAL_PREFIX, RUN_PREFIX, ITEM_PREFIX = "eval_", "evalrun_", "outputitem_"
+CREATE_BODY = {"name", "metadata", "data_source_config", "testing_criteria"}
+UPDATE_BODY = {"name", "metadata"}
+RUN_BODY = {"name", "metadata", "data_source"}
+
+
+def _timestamp(moment) -> int | None:
+    return int(moment.timestamp()) if moment else None
+
+
+def _refuse_unknown(body: dict, allowed: set[str]) -> None:
+    for name in body:
+        if name not in allowed:
+            raise ApiError(400, f"Unknown parameter {name!r}; use {', '.join(sorted(allowed))}.", param=name)
+
+
+def _bad(exc: EvalError) -> ApiError:
+    return ApiError(400, exc.message, param=exc.param)
+
+
+# --- objects -------------------------------------------------------------------------------------
+def eval_object(evaluation: Eval) -> dict:
+    return {
+        "id": f"{EVAL_PREFIX}{evaluation.pk}",
+        "object": "eval",
+        "created_at": _timestamp(evaluation.created_at),
+        "name": evaluation.name,
+        "metadata": evaluation.metadata or None,
+        "data_source_config": {
+            "type": "custom",
+            "schema": definitions.schema_object(evaluation.item_schema, evaluation.include_sample_schema),
+        },
+        "testing_criteria": evaluation.testing_criteria,
+    }
+
+
+def run_object(run: Run, request) -> dict:
+    summary = runs.counts(run)
+    usage = summary.pop("usage")
+    error = {"code": run.error_code, "message": run.error_message} if run.error_code else None
+    return {
+        "id": f"{RUN_PREFIX}{run.pk}",
+        "object": "eval.run",
+        "eval_id": f"{EVAL_PREFIX}{run.eval_id}",
+        "created_at": _timestamp(run.created_at),
+        "name": run.name,
+        "model": run.model_name,
+        "status": run.status,
+        "metadata": run.metadata or None,
+        "data_source": run.data_source,
+        "error": error,
+        "report_url": request.build_absolute_uri(reverse("admin:evals_run_change", args=[run.pk])),
+        "per_model_usage": [
+            {
+                "model_name": run.model_name,
+                "invocation_count": usage["invocation_count"],
+                "prompt_tokens": usage["prompt_tokens"],
+                "completion_tokens": usage["completion_tokens"],
+                "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
+                "cached_tokens": 0,
+            }
+        ]
+        if run.model_name
+        else [],
+        **summary,
+    }
+
+
+def item_object(item: OutputItem, run: Run) -> dict:
+    status = item.status or ("skipped" if item.state == OutputItem.State.SKIPPED else "pending")
+    error = (
+        {"code": item.finish_reason or "error", "message": item.error} if item.error else {"code": "", "message": ""}
+    )
+    sampling = run.sampling or {}
+    return {
+        "id": f"{ITEM_PREFIX}{item.pk}",
+        "object": "eval.run.output_item",
+        "created_at": _timestamp(item.created_at),
+        "eval_id": f"{EVAL_PREFIX}{run.eval_id}",
+        "run_id": f"{RUN_PREFIX}{run.pk}",
+        "status": status,
+        "datasource_item_id": item.index,
+        "datasource_item": item.item,
+        "results": item.results,
+        "sample": {
+            "input": item.messages,
+            "output": [{"role": "assistant", "content": item.output_text}]
+            if item.state in (OutputItem.State.ANSWERED, OutputItem.State.GRADED)
+            else [],
+            "finish_reason": item.finish_reason,
+            "model": run.model_name,
+            "usage": {
+                "prompt_tokens": item.prompt_tokens,
+                "completion_tokens": item.completion_tokens,
+                "total_tokens": item.prompt_tokens + item.completion_tokens,
+                "cached_tokens": 0,
+            },
+            "error": error,
+            "temperature": sampling.get("temperature", 0.0),
+            "top_p": sampling.get("top_p", 1.0),
+            "max_completion_tokens": sampling.get("max_tokens", 0),
+            "seed": sampling.get("seed") or 0,
+        },
+    }
+
+
+# --- lookups -------------------------------------------------------------------------------------
+def _owned_eval(user, eval_id) -> Eval:
+    number = pagination.id_number(eval_id, EVAL_PREFIX)
+    evaluation = Eval.objects.filter(owner=user, pk=number).first() if number is not None else None
+    if evaluation is None:
+        raise not_found("eval", eval_id)
+    return evaluation
+
+
+def _owned_run(user, eval_id, run_id) -> Run:
+    evaluation = _owned_eval(user, eval_id)
+    number = pagination.id_number(run_id, RUN_PREFIX)
+    run = evaluation.runs.select_related("eval").filter(pk=number).first() if number is not None else None
+    if run is None:
+        raise not_found("run", run_id)
+    return run
+
+
+# --- do ------------------------------------------------------------------------------------------
+def create_eval(user, body: dict) -> Eval:
+    _refuse_unknown(body, CREATE_BODY)
+    try:
+        schema, include_sample = definitions.check_data_source_config(body.get("data_source_config"))
+        criteria = definitions.check_testing_criteria(body.get("testing_criteria"), schema)
+        return Eval.objects.create(
+            owner=user, name=definitions.check_name(body.get("name")), metadata=definitions.check_metadata(
+                body.get("metadata")), item_schema=schema, include_sample_schema=include_sample,
+            testing_criteria=criteria,
+        )  # fmt: skip
+    except EvalError as exc:
+        raise _bad(exc) from exc
+
+
+def update_eval(evaluation: Eval, body: dict) -> Eval:
+    _refuse_unknown(body, UPDATE_BODY)
+    try:
+        if "name" in body:
+            evaluation.name = definitions.check_name(body["name"])
+        if "metadata" in body:
+            evaluation.metadata = definitions.check_metadata(body["metadata"])
+    except EvalError as exc:
+        raise _bad(exc) from exc
+    evaluation.save(update_fields=["name", "metadata"])
+    return evaluation
+
+
+def delete_eval(evaluation: Eval) -> None:
+    with transaction.atomic():
+        for run in evaluation.runs.exclude(status__in=Run.FINISHED):
+            runs.delete(run)
+        evaluation.delete()
+
+
+def create_run(user, evaluation: Eval, body: dict) -> Run:
+    _refuse_unknown(body, RUN_BODY)
+    if runs.active_runs(user) >= settings.EVALS_MAX_ACTIVE_RUNS:
+        raise ApiError(429, f"You have {settings.EVALS_MAX_ACTIVE_RUNS} eval runs queued or running; wait for one "
+                       "to end or cancel one.", code="too_many_runs")  # fmt: skip
+    try:
+        name = definitions.check_name(body.get("name"))
+        metadata = definitions.check_metadata(body.get("metadata"))
+        source = sources.parse(body.get("data_source"), evaluation.item_schema, evaluation.include_sample_schema)
+        model, sampling = None, {}
+        if source.model:
+            model = usable_model(user, source.model)
+            sampling = sources.resolve_sampling(source.sampling_params, model)
+    except EvalError as exc:
+        raise _bad(exc) from exc
+    except ApiError as exc:
+        exc.param = "data_source.model" if exc.param == "model" else exc.param
+        raise
+    return runs.create(evaluation, user, source, model=model, sampling=sampling, name=name, metadata=metadata)
+
+
+# --- the views -----------------------------------------------------------------------------------
+@api_view("GET", "POST")
+def evals_view(request):
+    if request.method == "POST":
+        return JsonResponse(eval_object(create_eval(request.user, parse_body(request))))
+    page = pagination.page_request(request, EVAL_PREFIX, default_limit=20, max_limit=100, ordered=True)
+    rows, has_more = pagination.paginate(Eval.objects.filter(owner=request.user), page)
+    return JsonResponse(pagination.list_body([eval_object(e) for e in rows], has_more))
+
+
+@api_view("GET", "POST", "DELETE")
+def eval_view(request, eval_id: str):
+    evaluation = _owned_eval(request.user, eval_id)
+    if request.method == "POST":
+        return JsonResponse(eval_object(update_eval(evaluation, parse_body(request))))
+    if request.method == "DELETE":
+        delete_eval(evaluation)
+        return JsonResponse({"object": "eval.deleted", "deleted": True, "eval_id": eval_id})
+    return JsonResponse(eval_object(evaluation))
+
+
+@api_view("GET", "POST")
+def runs_view(request, eval_id: str):
+    evaluation = _owned_eval(request.user, eval_id)
+    if request.method == "POST":
+        return JsonResponse(run_object(create_run(request.user, evaluation, parse_body(request)), request))
+    page = pagination.page_request(request, RUN_PREFIX, default_limit=20, max_limit=100, ordered=True)
+    rows = evaluation.runs.select_related("eval")
+    status = request.GET.get("status")
+    if status:
+        if status not in Run.Status.values:
+            raise ApiError(400, f"status must be one of {', '.join(Run.Status.values)}.", param="status")
+        rows = rows.filter(status=status)
+    rows, has_more = pagination.paginate(rows, page)
+    return JsonResponse(pagination.list_body([run_object(r, request) for r in rows], has_more))
+
+
+@api_view("GET", "DELETE")
+def run_view(request, eval_id: str, run_id: str):
+    run = _owned_run(request.user, eval_id, run_id)
+    if request.method == "DELETE":
+        runs.delete(run)
+        return JsonResponse({"object": "eval.run.deleted", "deleted": True, "run_id": run_id})
+    return JsonResponse(run_object(run, request))
+
+
+@api_view("POST")
+def run_cancel_view(request, eval_id: str, run_id: str):
+    run = _owned_run(request.user, eval_id, run_id)
+    if run.is_finished:
+        raise ApiError(409, f"The run has already ended ({run.status}); there is nothing to cancel.",
+                       code="run_finished")  # fmt: skip
+    return JsonResponse(run_object(runs.request_cancel(run), request))
+
+
+@api_view("GET")
+def output_items_view(request, eval_id: str, run_id: str):
+    run = _owned_run(request.user, eval_id, run_id)
+    page = pagination.page_request(request, ITEM_PREFIX, default_limit=20, max_limit=100, ordered=True)
+    rows = run.items.all()
+    status = request.GET.get("status")
+    if status:
+        if status not in ("pass", "fail", "error"):
+            raise ApiError(400, "status must be pass, fail or error.", param="status")
+        rows = rows.filter(status=status)
+    rows, has_more = pagination.paginate(rows, page)
+    return JsonResponse(pagination.list_body([item_object(i, run) for i in rows], has_more))
+
+
+@api_view("GET")
+def output_item_view(request, eval_id: str, run_id: str, item_id: str):
+    run = _owned_run(request.user, eval_id, run_id)
+    number = pagination.id_number(item_id, ITEM_PREFIX)
+    item = run.items.filter(pk=number).first() if number is not None else None
+    if item is None:
+        raise not_found("output item", item_id)
+    return JsonResponse(item_object(item, run))

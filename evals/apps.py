@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+
+
+class EvalsConfig(AppConfig):
+    """Evaluations: score a model's answers on your own items (OpenAI's Evals API, docs/evals.md)."""
+
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "evals"
+
+    def ready(self) -> None:
+        from inference import sinks
+
+        from .samples import SINK, SampleSink
+
+        sinks.register(SINK, SampleSink())
