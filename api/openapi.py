@@ -50,6 +50,7 @@ def auto_or(kind: str, **bounds) -> dict:
 
 
 STRING, INTEGER, NUMBER = {"type": "string"}, {"type": "integer"}, {"type": "number"}
+BOOLEAN = {"type": "boolean"}
 EPOCHS, BATCH, SEED = RULES["epochs"], RULES["batch_size"], RULES["seed"]
 
 SCHEMAS = {
@@ -266,6 +267,135 @@ SCHEMAS = {
         ("id", "object", "created_at", "fine_tuned_model_checkpoint", "fine_tuning_job_id", "step_number"),
     ),
     "FineTuningJobCheckpointList": page_of("FineTuningJobCheckpoint"),
+    "Grader": obj(
+        {
+            "type": {"type": "string", "enum": ["string_check", "text_similarity"]},
+            "name": STRING,
+            "input": {**STRING, "description": "A template, e.g. {{sample.output_text}}."},
+            "reference": {**STRING, "description": "A template, e.g. {{item.answer}}."},
+            "operation": {"type": "string", "enum": ["eq", "ne", "like", "ilike"]},
+            "evaluation_metric": {
+                "type": "string",
+                "enum": [
+                    "bleu",
+                    "gleu",
+                    "rouge_1",
+                    "rouge_2",
+                    "rouge_3",
+                    "rouge_4",
+                    "rouge_5",
+                    "rouge_l",
+                    "fuzzy_match",
+                    "exact_match",
+                    "f1",
+                ],
+            },
+            "pass_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+        ("type", "name", "input", "reference"),
+        description="string_check takes operation; text_similarity takes evaluation_metric and pass_threshold "
+        "(exact_match and f1 are extensions: docs/evals.md).",
+    ),  # fmt: skip
+    "EvalRequest": obj(
+        {
+            "name": STRING,
+            "metadata": {"type": "object", "additionalProperties": STRING},
+            "data_source_config": obj(
+                {"type": const("custom"), "item_schema": {"type": "object"}, "include_sample_schema": BOOLEAN},
+                ("type", "item_schema"),
+            ),
+            "testing_criteria": {"type": "array", "items": ref("Grader"), "minItems": 1},
+        },
+        ("data_source_config", "testing_criteria"),
+    ),
+    "Eval": obj(
+        {
+            "id": {**STRING, "description": "eval_<number>"},
+            "object": const("eval"),
+            "created_at": INTEGER,
+            "name": STRING,
+            "metadata": nullable({"type": "object"}),
+            "data_source_config": obj({"type": const("custom"), "schema": {"type": "object"}}),
+            "testing_criteria": {"type": "array", "items": ref("Grader")},
+        },
+        ("id", "object", "created_at", "name", "data_source_config", "testing_criteria"),
+    ),
+    "EvalList": page_of("Eval"),
+    "EvalDeleted": obj({"object": const("eval.deleted"), "deleted": BOOLEAN, "eval_id": STRING}),
+    "EvalRunRequest": obj(
+        {
+            "name": STRING,
+            "metadata": {"type": "object", "additionalProperties": STRING},
+            "data_source": obj(
+                {
+                    "type": {"type": "string", "enum": ["completions", "jsonl"]},
+                    "model": STRING,
+                    "input_messages": {"type": "object", "description": "A template, or an item_reference."},
+                    "sampling_params": obj(
+                        {"temperature": NUMBER, "top_p": NUMBER, "seed": INTEGER, "max_completion_tokens": INTEGER}
+                    ),
+                    "source": obj(
+                        {
+                            "type": const("file_content"),
+                            "content": {
+                                "type": "array",
+                                "items": obj({"item": {"type": "object"}, "sample": {"type": "object"}}, ("item",)),
+                            },
+                        },
+                        ("type", "content"),
+                    ),
+                },
+                ("type", "source"),
+            ),
+        },
+        ("data_source",),
+    ),  # fmt: skip
+    "EvalRun": obj(
+        {
+            "id": {**STRING, "description": "evalrun_<number>"},
+            "object": const("eval.run"),
+            "eval_id": STRING,
+            "created_at": INTEGER,
+            "name": STRING,
+            "model": STRING,
+            "status": {"type": "string", "enum": ["queued", "in_progress", "completed", "canceled", "failed"]},
+            "data_source": {"type": "object"},
+            "error": nullable(obj({"code": STRING, "message": STRING})),
+            "report_url": STRING,
+            "result_counts": obj({"total": INTEGER, "passed": INTEGER, "failed": INTEGER, "errored": INTEGER}),
+            "per_testing_criteria_results": {
+                "type": "array",
+                "items": obj({"testing_criteria": STRING, "passed": INTEGER, "failed": INTEGER}),
+            },
+            "progress": obj(
+                {"items": INTEGER, "answered": INTEGER, "graded": INTEGER},
+                description="An extension: items answered and graded so far.",
+            ),
+            "per_model_usage": {"type": "array", "items": {"type": "object"}},
+        },
+        ("id", "object", "eval_id", "status", "result_counts", "per_testing_criteria_results"),
+    ),  # fmt: skip
+    "EvalRunList": page_of("EvalRun"),
+    "EvalRunDeleted": obj({"object": const("eval.run.deleted"), "deleted": BOOLEAN, "run_id": STRING}),
+    "EvalOutputItem": obj(
+        {
+            "id": {**STRING, "description": "outputitem_<number>"},
+            "object": const("eval.run.output_item"),
+            "eval_id": STRING,
+            "run_id": STRING,
+            "created_at": INTEGER,
+            "status": {"type": "string", "enum": ["pass", "fail", "error", "pending", "skipped"]},
+            "datasource_item_id": INTEGER,
+            "datasource_item": {"type": "object"},
+            "results": {
+                "type": "array",
+                "items": obj({"name": STRING, "type": STRING, "score": NUMBER, "passed": BOOLEAN}),
+            },
+            "sample": {"type": "object", "description": "input, output, finish_reason, model, usage, error."},
+        },
+        ("id", "object", "status", "datasource_item_id", "results", "sample"),
+    ),  # fmt: skip
+    "EvalOutputItemList": page_of("EvalOutputItem"),
 }
 
 ERRORS = {
@@ -314,6 +444,10 @@ FT = ("401", "403", "429")
 FILE_ID = path_param("file_id", "file-<number>")
 JOB_ID = path_param("fine_tuning_job_id", "ftjob-<number>")
 JOB_ERRORS = (*FT, "404")
+EVAL_ID = path_param("eval_id", "eval_<number>")
+RUN_ID = path_param("run_id", "evalrun_<number>")
+EVAL_ERRORS = ("401", "404", "429")
+ORDER = query("order", {"type": "string", "enum": ["asc", "desc"]}, "By creation time; desc by default.")
 
 PATHS = {
     "/openapi.json": {
@@ -438,7 +572,45 @@ PATHS = {
             params=[JOB_ID],
         )
     },
-}
+    "/evals": {
+        "get": op("listEvals", "The user's evals, newest first.", "EvalList", errors=("400", "401", "429"),
+                  params=[*paging(100), ORDER]),
+        "post": op("createEval", "Create an eval: an item schema and its graders.", "Eval",
+                   errors=("400", "401", "413", "429"), body=json_body(ref("EvalRequest"))["content"]),
+    },
+    "/evals/{eval_id}": {
+        "get": op("getEval", "One eval.", "Eval", errors=EVAL_ERRORS, params=[EVAL_ID]),
+        "post": op("updateEval", "Change its name or metadata.", "Eval", errors=("400", *EVAL_ERRORS),
+                   params=[EVAL_ID], body=json_body(obj({"name": STRING, "metadata": {"type": "object"}}))["content"]),
+        "delete": op("deleteEval", "Delete it with its runs.", "EvalDeleted", errors=EVAL_ERRORS, params=[EVAL_ID]),
+    },
+    "/evals/{eval_id}/runs": {
+        "get": op("listEvalRuns", "Its runs, newest first.", "EvalRunList", errors=("400", *EVAL_ERRORS),
+                  params=[EVAL_ID, *paging(100), ORDER, query("status", STRING, "Only runs of this status.")]),
+        "post": op("createEvalRun", "Start a run: a model answers the items (completions), or given answers are "
+                   "graded (jsonl).", "EvalRun", errors=("400", *EVAL_ERRORS, "413"), params=[EVAL_ID],
+                   body=json_body(ref("EvalRunRequest"))["content"]),
+    },
+    "/evals/{eval_id}/runs/{run_id}": {
+        "get": op("getEvalRun", "One run, with its counts and progress.", "EvalRun", errors=EVAL_ERRORS,
+                  params=[EVAL_ID, RUN_ID]),
+        "delete": op("deleteEvalRun", "Delete it (a running one is canceled first).", "EvalRunDeleted",
+                     errors=EVAL_ERRORS, params=[EVAL_ID, RUN_ID]),
+    },
+    "/evals/{eval_id}/runs/{run_id}/cancel": {
+        "post": op("cancelEvalRun", "Cancel it: at once if queued, within a second if running.", "EvalRun",
+                   errors=(*EVAL_ERRORS, "409"), params=[EVAL_ID, RUN_ID]),
+    },
+    "/evals/{eval_id}/runs/{run_id}/output_items": {
+        "get": op("listEvalRunOutputItems", "Its output items: each item's answer and grades.", "EvalOutputItemList",
+                  errors=("400", *EVAL_ERRORS), params=[EVAL_ID, RUN_ID, *paging(100), ORDER,
+                                                         query("status", STRING, "pass, fail or error.")]),
+    },
+    "/evals/{eval_id}/runs/{run_id}/output_items/{item_id}": {
+        "get": op("getEvalRunOutputItem", "One output item.", "EvalOutputItem", errors=EVAL_ERRORS,
+                  params=[EVAL_ID, RUN_ID, path_param("item_id", "outputitem_<number>")]),
+    },
+}  # fmt: skip
 
 
 def document(server_url: str = "/v1") -> dict:
@@ -447,7 +619,7 @@ def document(server_url: str = "/v1") -> dict:
         "info": {
             "title": "Developer API (OpenAI-compatible)",
             "version": "1.0.0",
-            "description": "Models, chat completions, files and fine-tuning in OpenAI's shapes: the official "
+            "description": "Models, chat completions, files, fine-tuning and evals in OpenAI's shapes: the official "
             "SDKs work with this base URL and a key (see docs/api.md).",
         },
         "servers": [{"url": server_url}],
