@@ -18,6 +18,8 @@ from . import pagination
 from .auth import api_view
 from .completions import parse_body
 from .errors import ApiError, not_found
+from .files import check_may_finetune, owned_file
+from .fine_tuning import owned_job
 from .views import usable_model
 
 EVAL_PREFIX, RUN_PREFIX, ITEM_PREFIX = "eval_", "evalrun_", "outputitem_"
@@ -144,6 +146,21 @@ def _owned_run(user, eval_id, run_id) -> Run:
     return run
 
 
+def _owned_rows(user, source: dict) -> list[dict]:
+    """The items of a file_id source (a fine-tuning file: every row) or a fine_tuning_job source
+    (the rows that job held out), of the user's own files and jobs; 404 like the files API."""
+    if source["type"] == "file_id":
+        check_may_finetune(user)
+        return sources.dataset_content(owned_file(user, source["id"], param="data_source.source.id"))
+    check_may_finetune(user)
+    try:
+        job = owned_job(user, source["id"])
+    except ApiError as exc:
+        exc.param = "data_source.source.id"
+        raise
+    return sources.dataset_content(job.dataset, job=job)
+
+
 # --- do ------------------------------------------------------------------------------------------
 def create_eval(user, body: dict) -> Eval:
     _refuse_unknown(body, CREATE_BODY)
@@ -187,7 +204,10 @@ def create_run(user, evaluation: Eval, body: dict) -> Run:
     try:
         name = definitions.check_name(body.get("name"))
         metadata = definitions.check_metadata(body.get("metadata"))
-        source = sources.parse(body.get("data_source"), evaluation.item_schema, evaluation.include_sample_schema)
+        source = sources.parse(
+            body.get("data_source"), evaluation.item_schema, evaluation.include_sample_schema,
+            resolve=lambda given: _owned_rows(user, given),
+        )  # fmt: skip
         model, sampling = None, {}
         if source.model:
             model = usable_model(user, source.model)

@@ -265,7 +265,7 @@ def checkpoints(job: Job) -> list[dict]:
 
 
 # --- the views ---------------------------------------------------------------------------------
-def _owned_job(user, job_id) -> Job:
+def owned_job(user, job_id) -> Job:
     number = pagination.id_number(job_id, PREFIX)
     rows = Job.objects.owned_by(user).select_related("base_model", "dataset", "result_model")
     job = rows.filter(pk=number).first() if number is not None else None
@@ -288,13 +288,13 @@ def fine_tuning_jobs(request):
 @api_view("GET")
 def fine_tuning_job(request, job_id: str):
     check_may_finetune(request.user)
-    return JsonResponse(job_object(_owned_job(request.user, job_id)))
+    return JsonResponse(job_object(owned_job(request.user, job_id)))
 
 
 @api_view("GET")
 def fine_tuning_job_events(request, job_id: str):
     check_may_finetune(request.user)
-    job = _owned_job(request.user, job_id)
+    job = owned_job(request.user, job_id)
     page = pagination.page_request(request, EVENT_PREFIX, default_limit=20, max_limit=100)
     rows, has_more = pagination.paginate(job.events.all(), page)
     return JsonResponse(pagination.list_body([event_object(e) for e in rows], has_more))
@@ -303,7 +303,7 @@ def fine_tuning_job_events(request, job_id: str):
 @api_view("GET")
 def fine_tuning_job_checkpoints(request, job_id: str):
     check_may_finetune(request.user)
-    job = _owned_job(request.user, job_id)
+    job = owned_job(request.user, job_id)
     page = pagination.page_request(request, f"ftckpt-{job.pk}-", default_limit=10, max_limit=100)
     rows, has_more = pagination.paginate_numbered(checkpoints(job), lambda c: c["step_number"], page)
     return JsonResponse(pagination.list_body(rows, has_more))
@@ -312,4 +312,4 @@ def fine_tuning_job_checkpoints(request, job_id: str):
 @api_view("POST")
 def fine_tuning_job_cancel(request, job_id: str):
     check_may_finetune(request.user)
-    return JsonResponse(job_object(cancel(_owned_job(request.user, job_id))))
+    return JsonResponse(job_object(cancel(owned_job(request.user, job_id))))

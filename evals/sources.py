@@ -5,7 +5,9 @@
   holds the messages); `sampling_params` takes temperature, top_p, max_completion_tokens and seed.
 - `jsonl`: the items come with their answers (`sample.output_text`); nothing is generated.
 
-The items come inline (`file_content`). Every item is checked against the eval's item schema,
+The items come inline (`file_content`), or (extensions, docs/evals.md) from a fine-tuning file
+(`file_id`: every row), a fine-tuning job (`fine_tuning_job`: the rows it held out from
+training) or the general probe that ships with the project (`probe`). Every item is checked against the eval's item schema,
 and every prompt rendered, before the run is made: a bad item refuses the whole run, naming it.
 """
 
@@ -104,27 +106,59 @@ def _referenced_messages(item: dict, reference: str, where: str) -> list[dict]:
     return messages
 
 
-def _rows(source) -> list[dict]:
+def dataset_content(dataset, job=None) -> list[dict]:
+    """Rows of a fine-tuning dataset as items: `{"messages": [the conversation up to its last
+    answer], "answer": that answer}` (rows that do not end with an answer are left out). With
+    `job`, only the rows that job held out from training (its own shuffle and split)."""
+    from finetuning import training
+
+    rows = training.read_rows(dataset.path)
+    if job is not None:
+        _, rows = training.split_rows(rows, job.hyperparameters.get("validation_split", 0), job.hyperparameters["seed"])
+    return [
+        {"item": {"messages": messages[:-1], "answer": messages[-1]["content"]}}
+        for messages in rows
+        if len(messages) > 1 and messages[-1].get("role") == "assistant"
+    ]
+
+
+def probe_content(limit: int | None) -> list[dict]:
+    """The general probe that ships with the project (finetuning/probe.py) as items
+    `{"question", "answer"}` (its first accepted answer)."""
+    from finetuning.probe import load_items
+
+    return [{"item": {"question": p.question, "answer": p.answers[0]}} for p in load_items(limit=limit)]
+
+
+def _rows(source, resolve) -> list[dict]:
     if not isinstance(source, dict):
         raise EvalError("data_source.source is required: an object of type file_content.", "data_source.source")
-    if source.get("type") == "file_id":
-        raise EvalError(
-            "data_source.source of type file_id is not supported yet: send the items inline "
-            '({"type": "file_content", "content": [{"item": {...}}, ...]}).',
-            "data_source.source",
-        )
-    if source.get("type") != "file_content":
-        raise EvalError(f"data_source.source.type {source.get('type')!r} is not supported: use file_content.",
-                        "data_source.source")  # fmt: skip
-    content = source.get("content")
+    kind = source.get("type")
+    if kind == "probe":
+        limit = source.get("limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise EvalError("source.limit must be a whole number of 1 or more.", "data_source.source")
+        content = probe_content(limit)
+    elif kind in ("file_id", "fine_tuning_job"):
+        if not isinstance(source.get("id"), str):
+            raise EvalError(f"data_source.source.id is required for a {kind} source.", "data_source.source")
+        content = resolve(source)
+    elif kind == "file_content":
+        content = source.get("content")
+    else:
+        raise EvalError(f"data_source.source.type {kind!r} is not supported: use file_content, file_id, "
+                        "fine_tuning_job or probe.", "data_source.source")  # fmt: skip
     limit = settings.EVALS_MAX_ITEMS
     if not isinstance(content, list) or not 1 <= len(content) <= limit:
-        raise EvalError(f"data_source.source.content must be a list of 1 to {limit} rows.", "data_source.source")
+        count = f" (it has {len(content)})" if isinstance(content, list) else ""
+        raise EvalError(f"The source must give 1 to {limit} items{count}.", "data_source.source")
     return content
 
 
-def parse(data_source, item_schema: dict, include_sample: bool) -> Source:
-    """Check a run's data source against its eval; raise EvalError naming what to change."""
+def parse(data_source, item_schema: dict, include_sample: bool, resolve=None) -> Source:
+    """Check a run's data source against its eval; raise EvalError naming what to change.
+    `resolve(source)` gives the rows of a file_id or fine_tuning_job source (the caller looks up
+    what the user owns)."""
     if not isinstance(data_source, dict) or data_source.get("type") not in TYPES:
         given = data_source.get("type") if isinstance(data_source, dict) else None
         raise EvalError(f"data_source.type must be one of {', '.join(TYPES)} (got {given!r}).", "data_source.type")
@@ -157,7 +191,7 @@ def parse(data_source, item_schema: dict, include_sample: bool) -> Source:
         else:
             reference = input_messages["item_reference"]
     items = []
-    for i, row in enumerate(_rows(data_source.get("source"))):
+    for i, row in enumerate(_rows(data_source.get("source"), resolve)):
         where = f"data_source.source.content[{i}]"
         if not isinstance(row, dict) or "item" not in row:
             raise EvalError(f'{where} must be an object with an "item".', "data_source.source")
@@ -178,7 +212,8 @@ def parse(data_source, item_schema: dict, include_sample: bool) -> Source:
             messages = []
         items.append(Item(item, sample if kind == "jsonl" else None, messages))
     stored = {k: v for k, v in data_source.items() if k != "source"}
-    stored["source"] = {"type": "file_content", "content": []}
+    source = data_source["source"]
+    stored["source"] = {**source, "content": []} if source["type"] == "file_content" else dict(source)
     return Source(kind, model if kind == "completions" else "", params, items, stored)
 
 

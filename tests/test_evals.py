@@ -224,7 +224,8 @@ def test_a_bad_eval_is_refused_naming_the_part(client, alice_key, body, param, s
          400, "data_source.input_messages", "graders"),
         ({**completions_source(), "source": {"type": "file_content", "content": [{"item": {"question": "q"}}]}},
          400, "data_source.source", "content[0]: the item lacks the required field(s) answer"),
-        ({**completions_source(), "source": {"type": "file_id", "id": "file-1"}}, 400, "data_source.source", "inline"),
+        ({**completions_source(), "source": {"type": "stored_completions"}}, 400, "data_source.source", "file_id"),
+        ({**completions_source(), "source": {"type": "probe", "limit": 0}}, 400, "data_source.source", "limit"),
         ({**completions_source(), "sampling_params": {"temperature": 9}}, 400, "data_source.sampling_params", "temperature"),
         ({**jsonl_source(), "source": {"type": "file_content", "content": [{"item": ROWS[0][0]}]}},
          400, "data_source.source", "output_text"),
@@ -274,3 +275,66 @@ def test_evals_update_list_in_pages_and_delete_with_their_runs(client, alice_key
     deleted = client.delete(f"/v1/evals/{ids[0]}", **alice_key).json()
     assert deleted == {"object": "eval.deleted", "deleted": True, "eval_id": ids[0]}
     assert not Run.objects.exists() and not OutputItem.objects.exists()
+
+
+MESSAGES_SCHEMA = {
+    "type": "object",
+    "properties": {"messages": {"type": "array"}, "answer": {"type": "string"}},
+    "required": ["messages", "answer"],
+}
+
+
+def test_items_come_from_a_fine_tuning_file_a_jobs_held_out_rows_or_the_shipped_probe(client, alice, alice_key, bob,
+                                                                                       settings, tmp_path):  # fmt: skip
+    from finetuning import hyperparameters
+    from tests.test_api_files import grant, jsonl, upload
+
+    settings.FINETUNE_DIR = tmp_path / "finetuning"
+    grant(alice)
+    rows = [{"messages": [{"role": "user", "content": f"Who keeps light {i}?"},
+                          {"role": "assistant", "content": f"Keeper {i}."}]} for i in range(20)]  # fmt: skip
+    file_id = upload(client, alice_key, jsonl(*rows)).json()["id"]
+    job = post(client, "/v1/fine_tuning/jobs", alice_key, {"model": "tiny", "training_file": file_id}).json()
+    evaluation = post(client, "/v1/evals", alice_key, {
+        "name": "keepers", "data_source_config": {"type": "custom", "item_schema": MESSAGES_SCHEMA},
+        "testing_criteria": [{**CRITERIA[1], "reference": "{{item.answer}}"}],
+    }).json()  # fmt: skip
+    by_reference = {"type": "item_reference", "item_reference": "item.messages"}
+
+    def run_on(source, auth=alice_key):
+        return post(client, f"/v1/evals/{evaluation['id']}/runs", auth, {"data_source": {
+            "type": "completions", "model": "tiny", "input_messages": by_reference, "source": source}})  # fmt: skip
+
+    def items_of(run) -> list[dict]:
+        return list(
+            OutputItem.objects.filter(run_id=int(run["id"].removeprefix("evalrun_"))).values("item", "messages")
+        )
+
+    whole = run_on({"type": "file_id", "id": file_id}).json()
+    assert whole["data_source"]["source"] == {"type": "file_id", "id": file_id}
+    items = items_of(whole)
+    assert len(items) == 20 and items[3]["item"] == {"messages": rows[3]["messages"][:1], "answer": "Keeper 3."}
+    assert items[3]["messages"] == rows[3]["messages"][:1]  # the conversation up to the answer is the prompt
+    runs.request_cancel(Run.objects.get(pk=int(whole["id"].removeprefix("evalrun_"))))
+
+    held_out = items_of(run_on({"type": "fine_tuning_job", "id": job["id"]}).json())
+    _, expected = hyperparameters.split_sizes(20, hyperparameters.default("validation_split", "lora"))
+    assert 0 < len(held_out) == expected
+    assert all(i["item"]["messages"] in [r["messages"][:1] for r in rows] for i in held_out)
+    Run.objects.update(status=Run.Status.CANCELED)
+
+    bob_key = bearer(bob)
+    grant(bob)
+    other = post(client, "/v1/evals", bob_key, {"data_source_config": {"type": "custom", "item_schema": MESSAGES_SCHEMA},
+                                                "testing_criteria": CRITERIA[1:]}).json()  # fmt: skip
+    for source in ({"type": "file_id", "id": file_id}, {"type": "fine_tuning_job", "id": job["id"]}):
+        refused = post(client, f"/v1/evals/{other['id']}/runs", bob_key, {"data_source": {
+            "type": "completions", "model": "tiny", "input_messages": by_reference, "source": source}})  # fmt: skip
+        assert refused.status_code == 404 and error_of(refused)["param"] == "data_source.source.id"
+
+    probe_eval = make_eval(client, alice_key)
+    probe = post(client, f"/v1/evals/{probe_eval['id']}/runs", alice_key,
+                 {"data_source": completions_source(source={"type": "probe", "limit": 5})}).json()  # fmt: skip
+    probe_items = items_of(probe)
+    assert len(probe_items) == 5 and set(probe_items[0]["item"]) == {"question", "answer"}
+    assert probe_items[0]["messages"][1]["content"] == probe_items[0]["item"]["question"]
