@@ -5,12 +5,10 @@ and f1 metrics, a run's `progress`), are in docs/evals.md."""
 
 from __future__ import annotations
 
-from django.conf import settings
-from django.db import transaction
 from django.http import JsonResponse
 from django.urls import reverse
 
-from evals import definitions, runs, sources
+from evals import actions, definitions, runs, sources
 from evals.errors import EvalError
 from evals.models import Eval, OutputItem, Run
 
@@ -20,7 +18,6 @@ from .completions import parse_body
 from .errors import ApiError, not_found
 from .files import check_may_finetune, owned_file
 from .fine_tuning import owned_job
-from .views import usable_model
 
 EVAL_PREFIX, RUN_PREFIX, ITEM_PREFIX = "eval_", "evalrun_", "outputitem_"
 CREATE_BODY = {"name", "metadata", "data_source_config", "testing_criteria"}
@@ -165,13 +162,9 @@ def _owned_rows(user, source: dict) -> list[dict]:
 def create_eval(user, body: dict) -> Eval:
     _refuse_unknown(body, CREATE_BODY)
     try:
-        schema, include_sample = definitions.check_data_source_config(body.get("data_source_config"))
-        criteria = definitions.check_testing_criteria(body.get("testing_criteria"), schema)
-        return Eval.objects.create(
-            owner=user, name=definitions.check_name(body.get("name")), metadata=definitions.check_metadata(
-                body.get("metadata")), item_schema=schema, include_sample_schema=include_sample,
-            testing_criteria=criteria,
-        )  # fmt: skip
+        return actions.create_eval(
+            user, body.get("name"), body.get("data_source_config"), body.get("testing_criteria"), body.get("metadata")
+        )
     except EvalError as exc:
         raise _bad(exc) from exc
 
@@ -189,35 +182,20 @@ def update_eval(evaluation: Eval, body: dict) -> Eval:
     return evaluation
 
 
-def delete_eval(evaluation: Eval) -> None:
-    with transaction.atomic():
-        for run in evaluation.runs.exclude(status__in=Run.FINISHED):
-            runs.delete(run)
-        evaluation.delete()
-
-
 def create_run(user, evaluation: Eval, body: dict) -> Run:
     _refuse_unknown(body, RUN_BODY)
-    if runs.active_runs(user) >= settings.EVALS_MAX_ACTIVE_RUNS:
-        raise ApiError(429, f"You have {settings.EVALS_MAX_ACTIVE_RUNS} eval runs queued or running; wait for one "
-                       "to end or cancel one.", code="too_many_runs")  # fmt: skip
     try:
-        name = definitions.check_name(body.get("name"))
-        metadata = definitions.check_metadata(body.get("metadata"))
-        source = sources.parse(
-            body.get("data_source"), evaluation.item_schema, evaluation.include_sample_schema,
-            resolve=lambda given: _owned_rows(user, given),
+        actions.check_room(user, 1)
+        return actions.start_run(
+            user, evaluation, body.get("data_source"), name=definitions.check_name(body.get("name")),
+            metadata=definitions.check_metadata(body.get("metadata")), resolve=lambda given: _owned_rows(user, given),
         )  # fmt: skip
-        model, sampling = None, {}
-        if source.model:
-            model = usable_model(user, source.model)
-            sampling = sources.resolve_sampling(source.sampling_params, model)
+    except actions.TooManyRuns as exc:
+        raise ApiError(429, exc.message, code="too_many_runs") from exc
+    except actions.UnknownModel as exc:
+        raise not_found("model", (body.get("data_source") or {}).get("model"), param=exc.param) from exc
     except EvalError as exc:
         raise _bad(exc) from exc
-    except ApiError as exc:
-        exc.param = "data_source.model" if exc.param == "model" else exc.param
-        raise
-    return runs.create(evaluation, user, source, model=model, sampling=sampling, name=name, metadata=metadata)
 
 
 # --- the views -----------------------------------------------------------------------------------
@@ -236,7 +214,7 @@ def eval_view(request, eval_id: str):
     if request.method == "POST":
         return JsonResponse(eval_object(update_eval(evaluation, parse_body(request))))
     if request.method == "DELETE":
-        delete_eval(evaluation)
+        actions.delete_eval(evaluation)
         return JsonResponse({"object": "eval.deleted", "deleted": True, "eval_id": eval_id})
     return JsonResponse(eval_object(evaluation))
 

@@ -18,6 +18,7 @@ urlpatterns = [
     path("accounts/login/", LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("finetune/", include("finetuning.urls")),
+    path("evals/", include("evals.urls")),
     path("v1/", include("api.urls")),
     path("settings/api-keys/", api_pages.api_keys, name="api_keys"),
     path("settings/api-keys/<int:key_id>/revoke/", api_pages.revoke_key, name="api_key_revoke"),

@@ -104,3 +104,31 @@ class OutputItem(models.Model):
 
     def __str__(self) -> str:
         return f"item {self.index} of run {self.run_id}"
+
+
+class Preference(models.Model):
+    """A person's verdict on one item of two runs of an eval, side by side on the compare page:
+    A's answer is better, B's, or a tie. One per person, pair and item; a new vote replaces it.
+    The pair is kept in the order of the runs' ids (run_a's id is the smaller), whichever way
+    round the page showed them."""
+
+    class Choice(models.TextChoices):
+        A = "a", "A is better"
+        B = "b", "B is better"
+        TIE = "tie", "Tie"
+
+    run_a = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="preferences_as_a")
+    run_b = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="preferences_as_b")
+    index = models.PositiveIntegerField(help_text="The item's place in the data source (both runs share it).")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eval_preferences")
+    choice = models.CharField(max_length=3, choices=Choice.choices)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["run_a", "run_b", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["run_a", "run_b", "index", "user"], name="evals_one_preference_per_item")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.choice} on item {self.index} of runs {self.run_a_id} and {self.run_b_id}"
