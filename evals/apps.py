@@ -8,8 +8,11 @@ class EvalsConfig(AppConfig):
     name = "evals"
 
     def ready(self) -> None:
+        from finetuning.signals import job_succeeded
         from inference import sinks
 
+        from .job_evals import evaluate_job
         from .samples import SINK, SampleSink
 
         sinks.register(SINK, SampleSink())
+        job_succeeded.connect(evaluate_job, dispatch_uid="evals.evaluate_job")

@@ -10,6 +10,7 @@ urlpatterns = [
     path("<int:eval_id>/delete/", views.delete_eval, name="delete"),
     path("<int:eval_id>/runs/new/", views.run_again, name="run_again"),
     path("<int:eval_id>/compare/", views.compare_pick, name="compare_pick"),
+    path("for-job/<int:job_id>/", views.for_job, name="for_job"),
     path("runs/<int:run_id>/", views.run_detail, name="run"),
     path("runs/<int:run_id>/status.json", views.run_status, name="run_status"),
     path("runs/<int:run_id>/cancel/", views.cancel_run, name="cancel"),

@@ -18,7 +18,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import actions, presets, reports, runs
+from . import actions, job_evals, presets, reports, runs
 from .errors import EvalError
 from .forms import NewEvalForm, RunAgainForm
 from .models import Eval, Run
@@ -146,6 +146,16 @@ def compare_pick(request: HttpRequest, eval_id: int) -> HttpResponse:
         messages.error(request, "Pick two different runs to compare.")
         return redirect("evals:eval", evaluation.pk)
     return redirect("evals:compare", a, b)
+
+
+@login_required
+@require_GET
+def for_job(request: HttpRequest, job_id: int) -> HttpResponse:
+    """A fine-tuning job's held-out evaluation (evals/job_evals.py): the eval's page."""
+    evaluation = job_evals.for_job(job_id)
+    if evaluation is None or evaluation.owner_id != request.user.pk:
+        raise Http404("This job has no evaluation (it held no rows out, or it has not succeeded yet).")
+    return redirect("evals:eval", evaluation.pk)
 
 
 # --- one run ---------------------------------------------------------------------------------------

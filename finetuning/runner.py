@@ -19,7 +19,7 @@ from inference.loading import ModelLoadError, ModelSpec, gguf_path
 from inference.models import LanguageModel
 from inference.sampling import SAMPLING_FIELDS
 
-from . import evaluation, gguf_files, jobs, training
+from . import evaluation, gguf_files, jobs, signals, training
 from .datastore import file_sha256
 from .models import Job
 
@@ -207,4 +207,5 @@ def register(job: Job, exported: Exported) -> LanguageModel:
         job.result_model = model
         job.save(update_fields=["result_model"])
         jobs.finish(job, Job.State.SUCCEEDED, f"Succeeded: the model {model.name!r} is ready in the chat.")
+        transaction.on_commit(lambda: signals.job_succeeded.send(sender=Job, job=job, model=model))
     return model

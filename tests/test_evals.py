@@ -338,3 +338,44 @@ def test_items_come_from_a_fine_tuning_file_a_jobs_held_out_rows_or_the_shipped_
     probe_items = items_of(probe)
     assert len(probe_items) == 5 and set(probe_items[0]["item"]) == {"question", "answer"}
     assert probe_items[0]["messages"][1]["content"] == probe_items[0]["item"]["question"]
+
+
+def test_a_job_that_succeeded_gets_an_eval_of_tuned_against_base_on_its_held_out_rows(client, alice, alice_key, bob,
+                                                                                       settings, tmp_path):  # fmt: skip
+    from django.contrib.auth.models import Permission
+
+    from evals import job_evals
+    from finetuning import hyperparameters
+    from finetuning.models import Job
+    from finetuning.signals import job_succeeded
+    from inference.models import LanguageModel
+    from tests.test_api_files import grant, jsonl, upload
+
+    settings.FINETUNE_DIR = tmp_path / "finetuning"
+    grant(alice)
+    rows = [{"messages": [{"role": "user", "content": f"Who keeps light {i}?"},
+                          {"role": "assistant", "content": f"Keeper {i}."}]} for i in range(30)]  # fmt: skip
+    file_id = upload(client, alice_key, jsonl(*rows)).json()["id"]
+    job_id = post(client, "/v1/fine_tuning/jobs", alice_key, {"model": "tiny", "training_file": file_id}).json()["id"]
+    job = Job.objects.get(pk=int(job_id.removeprefix("ftjob-")))
+    base = LanguageModel.objects.get(slug="tiny")
+    tuned = LanguageModel.objects.create(name="tuned", slug="tiny-tuned", source=base.source, location=base.location,
+                                         owner=alice, base=base, max_new_tokens_cap=64)  # fmt: skip
+    job_succeeded.send(sender=Job, job=job, model=tuned)  # as finetuning/runner.py `register` does
+
+    evaluation = job_evals.for_job(job.pk)
+    assert evaluation is not None and evaluation.owner == alice
+    assert [c["evaluation_metric"] for c in evaluation.testing_criteria] == ["bleu", "rouge_l", "f1", "exact_match"]
+    made = list(evaluation.runs.order_by("pk"))
+    assert [r.model_name for r in made] == ["tiny-tuned", "tiny"]
+    assert made[0].metadata["compare_with"] == str(made[1].pk) and made[1].metadata["compare_with"] == str(made[0].pk)
+    _, held_out = hyperparameters.split_sizes(30, job.hyperparameters["validation_split"])
+    assert [r.items.count() for r in made] == [held_out, held_out] and held_out > 0
+    assert made[0].sampling["max_tokens"] == 64 and made[0].sampling["temperature"] == 0
+    assert job.events.filter(message__contains=f"the {held_out} held-out rows").exists()
+
+    client.force_login(alice)
+    assert client.get(f"/evals/for-job/{job.pk}/").url == f"/evals/{evaluation.pk}/"
+    client.force_login(bob)
+    bob.user_permissions.add(Permission.objects.get(codename="finetune"))
+    assert client.get(f"/evals/for-job/{job.pk}/").status_code == 404
