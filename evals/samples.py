@@ -44,9 +44,12 @@ class SampleSink(sinks.Sink):
     """Stores a model's answer on its output item (state queued/running → answered)."""
 
     def claim(self, request_id: str, worker_id: str) -> bool:
+        # A running one too: a background request that gave way to a person's is put back on
+        # the queue and claimed again when it starts over (refused, it was dropped and its run
+        # waited for it forever: bench/evals.py caught it).
         pk = item_pk_of(request_id)
         return pk is not None and bool(
-            OutputItem.objects.filter(pk=pk, state=OutputItem.State.QUEUED, run__cancel_requested=False).update(
+            OutputItem.objects.filter(pk=pk, state__in=ACTIVE, run__cancel_requested=False).update(
                 state=OutputItem.State.RUNNING, worker=worker_id, requested_at=timezone.now()
             )
         )

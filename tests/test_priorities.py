@@ -184,3 +184,35 @@ def test_a_title_preempted_by_a_persons_reply_is_still_written(served, sink, ali
     )
     assert conversation.title_source in (Conversation.TitleSource.MODEL, Conversation.TitleSource.MESSAGE)
     assert conversation.title  # the model's title, or the cut first message
+
+
+def test_an_eval_item_preempted_by_a_persons_reply_is_still_answered(served, sink, alice):
+    """Eval runs send their items at the background priority (evals/samples.py); one that gives
+    way to a person's reply is claimed again when it starts over (its sink once refused that,
+    and the run waited for it forever)."""
+    from evals import actions, runs
+    from evals.models import OutputItem, Run
+
+    schema = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+    grader = {"type": "string_check", "name": "said", "input": "{{sample.output_text}}", "reference": "x",
+              "operation": "ne"}  # fmt: skip
+    evaluation = actions.create_eval(alice, "preempted", {"type": "custom", "item_schema": schema}, [grader])
+    run = actions.start_run(alice, evaluation, {
+        "type": "completions", "model": served.slug,
+        "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.text}}"}]},
+        "sampling_params": {"temperature": 0, "max_completion_tokens": 8},
+        "source": {"type": "file_content", "content": [{"item": {"text": f"({i}) {LONG}"}} for i in range(2)]},
+    })  # fmt: skip
+    outcome = {}
+    executor = threading.Thread(
+        target=lambda: outcome.update(status=runs.execute(run.pk, runs.executor_id("test"))), daemon=True
+    )
+    executor.start()
+    wait_for(lambda: OutputItem.objects.filter(run=run, state=OutputItem.State.RUNNING).exists())
+    time.sleep(0.3)  # reading its prompt
+    interactive_reply(sink, served, "person-over-eval")
+    executor.join(timeout=180)
+    assert outcome.get("status") == Run.Status.COMPLETED, outcome
+    finished = list(OutputItem.objects.filter(run=run).values_list("state", "finish_reason"))
+    assert finished == [(OutputItem.State.GRADED, reason) for _, reason in finished]
+    assert {reason for _, reason in finished} <= {"stop", "length"}
