@@ -727,6 +727,25 @@ def api_rounds(stack, key: str, bare, tokens: int, rounds: int, tag: str) -> dic
     return out
 
 
+def bare_next_turns(bare_cpp, turns: int, rounds: int) -> dict:
+    """The same measure on bare llama.cpp, its floor: the `turns`-turn conversation's first reply
+    (cold), then its next turns (each with the replies before it), each after a fresh
+    conversation's first reply; first tokens."""
+    history = [(number_question(i), f"The number {i} is a whole number.") for i in range(turns)]
+    cold = bare_cpp.single(chat_prompt(number_question(turns), history))
+    history.append((number_question(turns), cold["text"]))
+    fresh, following = [], []
+    for i in range(rounds):
+        fresh.append(bare_cpp.single(ask("bare fresh", i))["ttft_ms"])
+        question = number_question(turns + 1 + i)
+        reply = bare_cpp.single(chat_prompt(question, history))
+        following.append(reply["ttft_ms"])
+        history.append((question, reply["text"]))
+    fresh.append(bare_cpp.single(ask("bare fresh", rounds))["ttft_ms"])
+    return {"cold_ttft_ms": cold["ttft_ms"], "fresh_ttft_ms": fresh, "next_ttft_ms": following,
+            "ratio": statistics.median(following) / statistics.median(fresh)}  # fmt: skip
+
+
 def next_turn_rounds(stack, cookie: str, turns: int, rounds: int) -> dict:
     """Prefix reuse: a `turns`-turn conversation's first reply here (cold: llama.cpp reads the
     whole prompt), then its next turns, each between two fresh conversations' first replies
@@ -871,6 +890,7 @@ def stack_run(args, bare_cpp, bare_hf, threads: int, parallel: int) -> dict:
                 "users": conversation_rounds(stack, bare_cpp, cookies, args.tokens, args.rounds, "cpp"),
                 "api": api_rounds(stack, key, bare_cpp, args.tokens, args.rounds, "cpp api"),
                 "next_turn": next_turn_rounds(stack, cookie, args.prefix_turns, args.rounds),
+                "bare_next_turn": bare_next_turns(bare_cpp, args.prefix_turns, args.rounds),
                 "long_prompt": long_prompt_rounds(stack, cookie, threads, parallel, args.long_tokens, args.long_rounds),
                 "worker_rss_mb": rss_mb(worker_pid),
                 "beside_long": beside_long(stack, cookie, cookies[0], "llamacpp", very_long),
@@ -921,7 +941,7 @@ def headline_rows(cpp: dict) -> list[dict]:
     """The headline table's rows: llama.cpp, the issue's targets."""
     one, users, api = cpp["one_user"], cpp["users"], cpp["api"]
     n = users["users"]
-    long, turn = cpp["long_prompt"], cpp["next_turn"]
+    long, turn, bare_turn = cpp["long_prompt"], cpp["next_turn"], cpp["bare_next_turn"]
     return [
         tokens_row("1 user, new conversation: tokens/s", one["new_tok_s"]),
         first_token_row("1 user, new conversation: first token (ms)", one["new_ttft_ms"]),
@@ -940,7 +960,8 @@ def headline_rows(cpp: dict) -> list[dict]:
         {
             "measure": f"next turn of a {turn['turns']}-turn conversation ({statistics.median(turn['prompt_tokens']):,.0f}"
             " tokens): first token (ms), against a fresh conversation's",
-            "bare": f"fresh: {turn['ttft_ms']['bare']:,.0f}",
+            "bare": f"fresh: {turn['ttft_ms']['bare']:,.0f}; bare's own next turn: "
+            f"{statistics.median(bare_turn['next_ttft_ms']):,.0f} ({bare_turn['ratio']:.2f}× its fresh)",
             "stack": f"{turn['ttft_ms']['stack']:,.0f}",
             "ratio": f"{turn['ttft_ms']['ratio']:.2f}× fresh",
             "target": f"≤ {NEXT_TURN_TARGET}× fresh",
@@ -962,7 +983,7 @@ def detail_report(result: dict) -> str:
             f"| {compared} |"
         )
 
-    long, turn = cpp["long_prompt"], cpp["next_turn"]
+    long, turn, bare_turn = cpp["long_prompt"], cpp["next_turn"], cpp["bare_next_turn"]
     weights = "transformers not run"
     if hf is not None:
         weights = f"the same weights de-quantized, {result['bare_generate']['dtype']}, on transformers"
@@ -1010,6 +1031,9 @@ def detail_report(result: dict) -> str:
         f"| next turn of a {turn['turns']}-turn conversation ({nums(turn['prompt_tokens'])} tokens): first token"
         f" (ms) | a fresh conversation ({turn['fresh_prompt_tokens']:.0f} tokens): {nums(turn['ttft_ms']['bare_rounds'])}"
         f" | {nums(turn['ttft_ms']['stack_rounds'])} | {turn['ttft_ms']['ratio']:.2f}× |",
+        f"| the same next turns on bare llama.cpp: first token (ms) | a fresh conversation:"
+        f" {nums(bare_turn['fresh_ttft_ms'])} | bare's next turns: {nums(bare_turn['next_ttft_ms'])}"
+        f" | {bare_turn['ratio']:.2f}× |",
         "",
         f"The {turn['turns']}-turn conversation's first reply here (cold, {turn['cold_prompt_tokens']:,} tokens):"
         f" first token in {turn['cold_ttft_ms']:,.0f} ms. The stack's worker timed the long prompt's first token"
