@@ -69,6 +69,7 @@ def evaluate_job(sender=None, *, job, model, **kwargs) -> Eval | None:
         logger.warning("No held-out evaluation for job %s: %s", job.pk, exc)
         return None
     actions.pair(*made)
-    job.log(f"Evaluation queued: the tuned and the base model answer the {len(content)} held-out rows "
-            "(Evaluations page).")  # fmt: skip
+    # Not in the job's log: "Succeeded" stays its last line (the API's newest event); the job page
+    # links to the evaluation.
+    logger.info("Job %s: held-out evaluation %s queued (%d rows)", job.pk, evaluation.pk, len(content))
     return evaluation

@@ -372,7 +372,6 @@ def test_a_job_that_succeeded_gets_an_eval_of_tuned_against_base_on_its_held_out
     _, held_out = hyperparameters.split_sizes(30, job.hyperparameters["validation_split"])
     assert [r.items.count() for r in made] == [held_out, held_out] and held_out > 0
     assert made[0].sampling["max_tokens"] == 64 and made[0].sampling["temperature"] == 0
-    assert job.events.filter(message__contains=f"the {held_out} held-out rows").exists()
 
     client.force_login(alice)
     assert client.get(f"/evals/for-job/{job.pk}/").url == f"/evals/{evaluation.pk}/"

@@ -179,7 +179,13 @@ def test_fifty_clients_for_a_minute_get_every_reply_in_order_within_memory_bound
     assert "COUNTS 0" in counts
     print(f"replies {len(replies)} in {elapsed:.0f} s; RSS MB daphne {rss['daphne']}, worker {rss['worker']}")
     assert max(rss["daphne"]) < 400, f"daphne grew to {max(rss['daphne']):.0f} MB"
-    assert max(rss["worker"]) < 1200, f"the worker grew to {max(rss['worker']):.0f} MB"
+    # The worker holds the packaged model on llama.cpp (loaded at start, before the tiny one) with
+    # one KV stream per slot, 9 x 4,096 tokens (about 850 MB, resident from the start), and the tiny
+    # model: about 1.4 GB before the first reply. What is bounded is what it grows by.
+    assert max(rss["worker"]) - rss["worker"][0] < 200, (
+        f"the worker grew from {rss['worker'][0]:.0f} MB to {max(rss['worker']):.0f} MB"
+    )
+    assert max(rss["worker"]) < 1800, f"the worker grew to {max(rss['worker']):.0f} MB"
     logs = (stack.log_dir / "daphne.log").read_text()
     assert "Traceback" not in logs
 
