@@ -97,6 +97,14 @@ class ItemRow:
     scores: list[dict]  # per grader of the eval: {"name", "score", "passed", "error"} or None
 
 
+def ordered_fields(names, item_schema: dict) -> list[str]:
+    """Item field names in the schema's `required` order, then the rest by name: PostgreSQL's
+    jsonb does not keep an object's key order (a JSON list keeps its order everywhere)."""
+    required = [n for n in item_schema.get("required") or [] if isinstance(n, str)]
+    names = list(dict.fromkeys(names))
+    return [n for n in required if n in names] + sorted(n for n in names if n not in required)
+
+
 def field_text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
@@ -107,7 +115,10 @@ def scores_of(item: OutputItem, criteria: list[dict]) -> list[dict | None]:
 
 
 def item_row(item: OutputItem, criteria: list[dict]) -> ItemRow:
-    fields = list(item.item.items()) if isinstance(item.item, dict) else [("item", item.item)]
+    if isinstance(item.item, dict):
+        fields = [(name, item.item[name]) for name in ordered_fields(item.item, item.run.eval.item_schema)]
+    else:
+        fields = [("item", item.item)]
     return ItemRow(
         index=item.index,
         fields=[(str(name), field_text(value)) for name, value in fields],
@@ -150,14 +161,13 @@ def defuse(cell) -> str:
 
 
 def export_csv(run: Run) -> str:
-    """index, status, item.<field>... (the fields of every item, in order of appearance),
+    """index, status, item.<field>... (every item's fields: see `ordered_fields`),
     output_text, finish_reason, error, then "<grader> score" and "<grader> passed" per grader."""
     records = list(export_records(run))
-    names: list[str] = []
-    for record in records:
-        for name in record["item"] if isinstance(record["item"], dict) else []:
-            if name not in names:
-                names.append(name)
+    names = ordered_fields(
+        (name for record in records if isinstance(record["item"], dict) for name in record["item"]),
+        run.eval.item_schema,
+    )
     graders = [g["name"] for g in run.eval.testing_criteria]
     out = io.StringIO()
     writer = csv.writer(out)
