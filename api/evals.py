@@ -17,16 +17,12 @@ from .auth import api_view
 from .completions import parse_body
 from .errors import ApiError, not_found
 from .files import check_may_finetune, owned_file
-from .fine_tuning import owned_job
+from .fine_tuning import owned_job, timestamp
 
 EVAL_PREFIX, RUN_PREFIX, ITEM_PREFIX = "eval_", "evalrun_", "outputitem_"
 CREATE_BODY = {"name", "metadata", "data_source_config", "testing_criteria"}
 UPDATE_BODY = {"name", "metadata"}
 RUN_BODY = {"name", "metadata", "data_source"}
-
-
-def _timestamp(moment) -> int | None:
-    return int(moment.timestamp()) if moment else None
 
 
 def _refuse_unknown(body: dict, allowed: set[str]) -> None:
@@ -44,7 +40,7 @@ def eval_object(evaluation: Eval) -> dict:
     return {
         "id": f"{EVAL_PREFIX}{evaluation.pk}",
         "object": "eval",
-        "created_at": _timestamp(evaluation.created_at),
+        "created_at": timestamp(evaluation.created_at),
         "name": evaluation.name,
         "metadata": evaluation.metadata or None,
         "data_source_config": {
@@ -63,7 +59,7 @@ def run_object(run: Run, request) -> dict:
         "id": f"{RUN_PREFIX}{run.pk}",
         "object": "eval.run",
         "eval_id": f"{EVAL_PREFIX}{run.eval_id}",
-        "created_at": _timestamp(run.created_at),
+        "created_at": timestamp(run.created_at),
         "name": run.name,
         "model": run.model_name,
         "status": run.status,
@@ -96,7 +92,7 @@ def item_object(item: OutputItem, run: Run) -> dict:
     return {
         "id": f"{ITEM_PREFIX}{item.pk}",
         "object": "eval.run.output_item",
-        "created_at": _timestamp(item.created_at),
+        "created_at": timestamp(item.created_at),
         "eval_id": f"{EVAL_PREFIX}{run.eval_id}",
         "run_id": f"{RUN_PREFIX}{run.pk}",
         "status": status,

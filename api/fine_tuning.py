@@ -165,7 +165,7 @@ def cancel(job: Job) -> Job:
 
 
 # --- answer ------------------------------------------------------------------------------------
-def _timestamp(moment) -> int | None:
+def timestamp(moment) -> int | None:
     return int(moment.timestamp()) if moment else None
 
 
@@ -194,8 +194,8 @@ def job_object(job: Job) -> dict:
     return {
         "id": f"{PREFIX}{job.pk}",
         "object": "fine_tuning.job",
-        "created_at": _timestamp(job.created_at),
-        "finished_at": _timestamp(job.finished_at),
+        "created_at": timestamp(job.created_at),
+        "finished_at": timestamp(job.finished_at),
         "model": job.base_model.slug,
         "fine_tuned_model": job.result_model.slug if job.state == Job.State.SUCCEEDED and job.result_model_id else None,
         "organization_id": f"user-{job.owner_id}",
@@ -210,7 +210,7 @@ def job_object(job: Job) -> dict:
         if job.state == Job.State.FAILED
         else None,
         "seed": job.hyperparameters.get("seed", 0),
-        "estimated_finish": _timestamp(timezone.now() + timedelta(seconds=job.eta_s))
+        "estimated_finish": timestamp(timezone.now() + timedelta(seconds=job.eta_s))
         if running and job.eta_s is not None
         else None,
         "integrations": [],
@@ -223,7 +223,7 @@ def event_object(event) -> dict:
     return {
         "id": f"{EVENT_PREFIX}{event.pk}",
         "object": "fine_tuning.job.event",
-        "created_at": _timestamp(event.created_at),
+        "created_at": timestamp(event.created_at),
         "level": level,
         "message": event.message,
         "type": "message",

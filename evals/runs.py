@@ -139,9 +139,11 @@ def _send(run: Run) -> None:
     room = WINDOW - in_flight
     if room <= 0:
         return
-    model = LanguageModel.objects.filter(pk=run.model_id, enabled=True).first() if run.model_id else None
     waiting = list(run.items.filter(state=State.WAITING).order_by("index")[:room])
-    if waiting and model is None:
+    if not waiting:
+        return
+    model = LanguageModel.objects.filter(pk=run.model_id, enabled=True).first() if run.model_id else None
+    if model is None:
         raise RuntimeError(f"the model {run.model_name!r} was deleted or disabled")
     for item in waiting:
         # Marked queued first: the worker may store the answer before submit returns.
