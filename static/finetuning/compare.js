@@ -63,4 +63,7 @@
     pending = { side: "b", frame: frame("b", content) };
     open(function () { send("a", first); });
   });
+  // The button ships disabled: a click before this script ran would submit the form natively
+  // (a page reload that loses the prompt).
+  el("compare-send").disabled = false;
 })();
