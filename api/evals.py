@@ -141,7 +141,10 @@ def _owned_run(user, eval_id, run_id) -> Run:
 
 def _owned_rows(user, source: dict) -> list[dict]:
     """The items of a file_id source (a fine-tuning file: every row) or a fine_tuning_job source
-    (the rows that job held out), of the user's own files and jobs; 404 like the files API."""
+    (the rows that job held out), of the user's own files and jobs; 404 like the files API. A
+    logs source replays the conversation logs the user may read (evals/replay.py)."""
+    if source["type"] == "logs":
+        return actions.replay_rows(user, source)
     if source["type"] == "file_id":
         check_may_finetune(user)
         return sources.dataset_content(owned_file(user, source["id"], param="data_source.source.id"))

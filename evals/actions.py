@@ -6,12 +6,14 @@ whose message says what to change."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from django.conf import settings
 from django.db import transaction
 
 from inference.models import LanguageModel
 
-from . import definitions, presets, runs, sources
+from . import definitions, presets, replay, runs, sources
 from .errors import EvalError
 from .models import Eval, Preference, Run
 
@@ -46,13 +48,25 @@ def create_eval(user, name, data_source_config, testing_criteria, metadata=None)
     )  # fmt: skip
 
 
-def completions_source(model: str, template: list[dict], *, temperature: float, max_new_tokens: int,
+def replay_rows(user, source: dict) -> list[dict]:
+    """The rows of a logs source (evals/replay.py); other sources need their owner's lookup."""
+    if source.get("type") != "logs":
+        raise EvalError(f"A {source.get('type')} source cannot be used here.", "data_source.source")
+    return replay.rows(user, source)
+
+
+def completions_source(model: str, template: list[dict] | None, *, temperature: float, max_new_tokens: int,
                        source: dict) -> dict:  # fmt: skip
-    """A `completions` data source as the API takes it."""
+    """A `completions` data source as the API takes it; with no template, each item's own
+    `messages` are the prompt (an item_reference)."""
+    if template is None:
+        input_messages = {"type": "item_reference", "item_reference": "item.messages"}
+    else:
+        input_messages = {"type": "template", "template": template}
     return {
         "type": "completions",
         "model": model,
-        "input_messages": {"type": "template", "template": template},
+        "input_messages": input_messages,
         "sampling_params": {"temperature": temperature, "max_completion_tokens": max_new_tokens},
         "source": source,
     }
@@ -61,7 +75,10 @@ def completions_source(model: str, template: list[dict], *, temperature: float, 
 def start_run(user, evaluation: Eval, data_source: dict, *, name: str = "", metadata: dict | None = None,
               resolve=None) -> Run:  # fmt: skip
     """Check the data source against the eval and make the run (queued once committed).
-    `resolve` gives the rows of a file_id or fine_tuning_job source (see sources.parse)."""
+    `resolve` gives the rows of a file_id or fine_tuning_job source (see sources.parse); a logs
+    source replays what `user` may read of the logs (evals/replay.py)."""
+    if resolve is None:
+        resolve = partial(replay_rows, user)
     source = sources.parse(data_source, evaluation.item_schema, evaluation.include_sample_schema, resolve=resolve)
     model, sampling = None, {}
     if source.model:
@@ -80,7 +97,7 @@ def pair(first: Run, second: Run) -> None:
 
 
 @transaction.atomic
-def create_with_runs(user, *, name: str, item_schema: dict, testing_criteria: list[dict], template: list[dict],
+def create_with_runs(user, *, name: str, item_schema: dict, testing_criteria: list[dict], template: list[dict] | None,
                      temperature: float, max_new_tokens: int, source: dict, models: list[str]) -> Eval:  # fmt: skip
     """The eval and one run per model (two are paired for the compare page); all or nothing."""
     check_room(user, len(models))

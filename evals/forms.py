@@ -14,14 +14,14 @@ from django.core.exceptions import ValidationError
 
 from inference.models import LanguageModel
 
-from . import actions, definitions, presets
+from . import actions, definitions, presets, replay
 from .errors import EvalError
 from .models import Eval, Run
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_PROMPT_CHARS = 8000
 FIELD_NAME = re.compile(r"[^\s.{}]+")  # one placeholder segment (evals/placeholders.py)
-PASTE, UPLOAD = "paste", "upload"
+PASTE, UPLOAD, REPLAY = "paste", "upload", "replay"
 
 
 def parse_jsonl(text: str) -> list[tuple[int, dict]]:
@@ -80,6 +80,16 @@ class NewEvalForm(forms.Form):
                             strip=False)  # fmt: skip
     file = forms.FileField(required=False)
     limit = forms.IntegerField(min_value=1, initial=presets.DEFAULT_PROBE_ITEMS, required=False)
+    replay_limit = forms.IntegerField(min_value=1, initial=replay.DEFAULT_LIMIT, required=False)
+    replay_model = forms.ChoiceField(required=False)
+    replay_since = forms.DateField(required=False, error_messages={"invalid": "Give a date, YYYY-MM-DD."})
+    replay_until = forms.DateField(required=False, error_messages={"invalid": "Give a date, YYYY-MM-DD."})
+    replay_rating = forms.ChoiceField(
+        required=False,
+        initial="any",
+        choices=[("any", "any rating"), ("up", "thumbs up"), ("down", "thumbs down"), ("rated", "rated (up or down)"),
+                 ("unrated", "not rated")],
+    )  # fmt: skip
     graders = forms.MultipleChoiceField(
         widget=forms.CheckboxSelectMultiple,
         choices=[(key, preset.label) for key, preset in presets.GRADERS.items()],
@@ -103,8 +113,11 @@ class NewEvalForm(forms.Form):
             (PASTE, "Paste JSONL"),
             (UPLOAD, "Upload a .jsonl file"),
             *((key, preset.label) for key, preset in presets.DATA.items()),
+            (REPLAY, "Replay logged conversations"),
         ]
         choices = model_choices(user)
+        logged = LanguageModel.objects.all() if replay.may_replay_everyone(user) else LanguageModel.objects.usable_by(user)
+        self.fields["replay_model"].choices = [("", "any model"), *((m.slug, m.name) for m in logged.order_by("name", "pk"))]
         self.fields["model_a"].choices = choices
         self.fields["model_b"].choices = [("", "— none —"), *choices]
         default = LanguageModel.default()
@@ -112,6 +125,7 @@ class NewEvalForm(forms.Form):
             self.fields["model_a"].initial = default.slug
         self.item_schema: dict = {}
         self.data_source: dict = {}
+        self.replays_everyone = replay.may_replay_everyone(user)
 
     # --- checks ----------------------------------------------------------------------------------
     def clean_reference(self) -> str:
@@ -148,6 +162,9 @@ class NewEvalForm(forms.Form):
                 return
             self.data_source = {"type": "file_content", "content": [{"item": item} for _, item in items]}
             return
+        if kind == REPLAY:
+            self._clean_replay()
+            return
         preset = presets.DATA[kind]
         limit = self.cleaned_data.get("limit") or presets.DEFAULT_PROBE_ITEMS
         if limit > settings.EVALS_MAX_ITEMS:
@@ -158,6 +175,27 @@ class NewEvalForm(forms.Form):
             return
         self.item_schema = preset.item_schema
         self.data_source = preset.source(limit)
+
+    def _clean_replay(self) -> None:
+        """A logs source (evals/replay.py): its turns are found when the run is made."""
+        data = self.cleaned_data
+        limit = data.get("replay_limit") or replay.DEFAULT_LIMIT
+        if limit > settings.EVALS_MAX_ITEMS:
+            self.add_error("replay_limit", f"A run takes at most {settings.EVALS_MAX_ITEMS} items.")
+            return
+        source = {"type": "logs", "limit": limit, "rating": data.get("replay_rating") or "any"}
+        if data.get("replay_model"):
+            source["model"] = data["replay_model"]
+        for name in ("since", "until"):
+            if data.get(f"replay_{name}"):
+                source[name] = data[f"replay_{name}"].isoformat()
+        try:
+            replay.check(source)
+        except EvalError as exc:
+            self.add_error("replay_until" if "since" in exc.message else None, exc.message)
+            return
+        self.item_schema = replay.SCHEMA
+        self.data_source = source
 
     def clean(self):
         data = super().clean()
@@ -185,7 +223,10 @@ class NewEvalForm(forms.Form):
         """The eval and its runs, or None with the refusal added to the form (nothing kept)."""
         data = self.cleaned_data
         criteria = [presets.GRADERS[key].config(data["reference"]) for key in data["graders"]]
-        template = presets.default_template(data.get("system_prompt") or "", data["user_prompt"])
+        if data.get("source") == REPLAY:
+            template = None  # each turn is asked again with the prompt it had (item.messages)
+        else:
+            template = presets.default_template(data.get("system_prompt") or "", data["user_prompt"])
         try:
             return actions.create_with_runs(
                 self.user, name=data["name"], item_schema=self.item_schema, testing_criteria=criteria,
@@ -193,7 +234,7 @@ class NewEvalForm(forms.Form):
                 source=self.data_source, models=self.models(),
             )  # fmt: skip
         except EvalError as exc:
-            field, message = self.field_of(exc, has_system=len(template) > 1)
+            field, message = self.field_of(exc, has_system=template is not None and len(template) > 1)
             self.add_error(field, message)
             return None
 
@@ -208,7 +249,8 @@ class NewEvalForm(forms.Form):
             return ("temperature" if "temperature" in message else "max_new_tokens"), message
         fields = {"name": "name", "testing_criteria": "graders", "data_source.model": "model_a"}
         if param == "data_source.source":
-            return ("items" if self.cleaned_data.get("source") == PASTE else None), message
+            kind = self.cleaned_data.get("source")
+            return {PASTE: "items", REPLAY: "replay_limit"}.get(kind), message
         return fields.get(param), message
 
 

@@ -105,8 +105,22 @@ def ordered_fields(names, item_schema: dict) -> list[str]:
     return [n for n in required if n in names] + sorted(n for n in names if n not in required)
 
 
+def is_chat(value) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in value)
+    )
+
+
 def field_text(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    """An item field as text: a chat (a list of messages, e.g. a replayed turn's prompt) one
+    "role: text" line per message; other values as JSON."""
+    if isinstance(value, str):
+        return value
+    if is_chat(value):
+        return "\n".join(f"{m['role']}: {field_text(m['content'])}" for m in value)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def scores_of(item: OutputItem, criteria: list[dict]) -> list[dict | None]:
@@ -156,7 +170,12 @@ def export_jsonl(run: Run) -> str:
 
 def defuse(cell) -> str:
     """A CSV cell a spreadsheet will not run: text that starts like a formula gets a quote first."""
-    text = "" if cell is None else field_text(cell) if not isinstance(cell, int | float) else str(cell)
+    if cell is None:
+        text = ""
+    elif isinstance(cell, int | float):
+        text = str(cell)
+    else:
+        text = cell if isinstance(cell, str) else json.dumps(cell, ensure_ascii=False)
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 

@@ -7,7 +7,8 @@
 
 The items come inline (`file_content`), or (extensions, docs/evals.md) from a fine-tuning file
 (`file_id`: every row), a fine-tuning job (`fine_tuning_job`: the rows it held out from
-training) or the general probe that ships with the project (`probe`). Every item is checked against the eval's item schema,
+training), the general probe that ships with the project (`probe`) or the conversation logs
+(`logs`: replayed turns, evals/replay.py). Every item is checked against the eval's item schema,
 and every prompt rendered, before the run is made: a bad item refuses the whole run, naming it.
 """
 
@@ -139,6 +140,8 @@ def _rows(source, resolve) -> list[dict]:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise EvalError("source.limit must be a whole number of 1 or more.", "data_source.source")
         content = probe_content(limit)
+    elif kind == "logs":
+        content = resolve(source)
     elif kind in ("file_id", "fine_tuning_job"):
         if not isinstance(source.get("id"), str):
             raise EvalError(f"data_source.source.id is required for a {kind} source.", "data_source.source")
@@ -147,7 +150,7 @@ def _rows(source, resolve) -> list[dict]:
         content = source.get("content")
     else:
         raise EvalError(f"data_source.source.type {kind!r} is not supported: use file_content, file_id, "
-                        "fine_tuning_job or probe.", "data_source.source")  # fmt: skip
+                        "fine_tuning_job, probe or logs.", "data_source.source")  # fmt: skip
     limit = settings.EVALS_MAX_ITEMS
     if not isinstance(content, list) or not 1 <= len(content) <= limit:
         count = f" (it has {len(content)})" if isinstance(content, list) else ""
@@ -157,8 +160,8 @@ def _rows(source, resolve) -> list[dict]:
 
 def parse(data_source, item_schema: dict, include_sample: bool, resolve=None) -> Source:
     """Check a run's data source against its eval; raise EvalError naming what to change.
-    `resolve(source)` gives the rows of a file_id or fine_tuning_job source (the caller looks up
-    what the user owns)."""
+    `resolve(source)` gives the rows of a file_id, fine_tuning_job or logs source (the caller
+    looks up what the user owns)."""
     if not isinstance(data_source, dict) or data_source.get("type") not in TYPES:
         given = data_source.get("type") if isinstance(data_source, dict) else None
         raise EvalError(f"data_source.type must be one of {', '.join(TYPES)} (got {given!r}).", "data_source.type")
