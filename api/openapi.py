@@ -269,7 +269,7 @@ SCHEMAS = {
     "FineTuningJobCheckpointList": page_of("FineTuningJobCheckpoint"),
     "Grader": obj(
         {
-            "type": {"type": "string", "enum": ["string_check", "text_similarity"]},
+            "type": {"type": "string", "enum": ["string_check", "text_similarity", "perplexity"]},
             "name": STRING,
             "input": {**STRING, "description": "A template, e.g. {{sample.output_text}}."},
             "reference": {**STRING, "description": "A template, e.g. {{item.answer}}."},
@@ -290,11 +290,12 @@ SCHEMAS = {
                     "f1",
                 ],
             },
-            "pass_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+            "pass_threshold": {"type": "number", "minimum": 0},
         },
-        ("type", "name", "input", "reference"),
-        description="string_check takes operation; text_similarity takes evaluation_metric and pass_threshold "
-        "(exact_match and f1 are extensions: docs/evals.md).",
+        ("type", "name", "reference"),
+        description="string_check takes input and operation; text_similarity takes input, evaluation_metric and "
+        "pass_threshold (0 to 1); perplexity takes pass_threshold (1 or more, passed at or below it). exact_match, "
+        "f1 and perplexity are extensions: docs/evals.md.",
     ),  # fmt: skip
     "EvalRequest": obj(
         {

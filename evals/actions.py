@@ -80,6 +80,9 @@ def start_run(user, evaluation: Eval, data_source: dict, *, name: str = "", meta
     if resolve is None:
         resolve = partial(replay_rows, user)
     source = sources.parse(data_source, evaluation.item_schema, evaluation.include_sample_schema, resolve=resolve)
+    if not source.model and any(g["type"] == "perplexity" for g in evaluation.testing_criteria):
+        raise EvalError("This eval has a perplexity grader, which scores the reference under the run's model: use a "
+                        "completions data source with a model.", "data_source.type")  # fmt: skip
     model, sampling = None, {}
     if source.model:
         model = LanguageModel.objects.usable_by(user).filter(slug=source.model).first()

@@ -116,8 +116,13 @@ class NewEvalForm(forms.Form):
             (REPLAY, "Replay logged conversations"),
         ]
         choices = model_choices(user)
-        logged = LanguageModel.objects.all() if replay.may_replay_everyone(user) else LanguageModel.objects.usable_by(user)
-        self.fields["replay_model"].choices = [("", "any model"), *((m.slug, m.name) for m in logged.order_by("name", "pk"))]
+        logged = (
+            LanguageModel.objects.all() if replay.may_replay_everyone(user) else LanguageModel.objects.usable_by(user)
+        )
+        self.fields["replay_model"].choices = [
+            ("", "any model"),
+            *((m.slug, m.name) for m in logged.order_by("name", "pk")),
+        ]
         self.fields["model_a"].choices = choices
         self.fields["model_b"].choices = [("", "— none —"), *choices]
         default = LanguageModel.default()

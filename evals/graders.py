@@ -32,6 +32,13 @@ passed when the score is 1:
   definition (tokens in common counted with multiplicity); 1 when both texts normalise to nothing,
   0 when only one does.
 
+``perplexity`` (extension) — ``{"type": "perplexity", "name", "reference", "pass_threshold"}``; the
+score is the run's model's perplexity of the reference as the answer to the item's prompt (the
+exponential of the mean negative log-likelihood of the reference's tokens after the prompt, in the
+model's chat template: evals/perplexity.py), passed when it is at most ``pass_threshold`` (a number
+of 1 or more). Lower is better. It needs a run whose model is known (``completions``); the runs
+measure it (``sample["perplexity"][name]``) before they grade.
+
 ``cosine`` and ``meteor`` (in OpenAI's list) are refused: this server has no embedding model for
 cosine, and METEOR needs the WordNet corpus, which is not installed. Other OpenAI grader types
 (``label_model``, ``score_model``, ``python``, ``multi``) are refused as well.
@@ -64,8 +71,8 @@ __all__ = [
     "validate_all",
 ]
 
-#: Grader types this server runs.
-GRADER_TYPES = ("string_check", "text_similarity")
+#: Grader types this server runs (``perplexity`` is an extension).
+GRADER_TYPES = ("string_check", "text_similarity", "perplexity")
 
 #: OpenAI grader types that exist but are not run here.
 _OTHER_OPENAI_TYPES = ("label_model", "score_model", "python", "multi")
@@ -94,7 +101,13 @@ UNSUPPORTED_METRICS = {
 _FIELDS = {
     "string_check": ("type", "name", "input", "reference", "operation"),
     "text_similarity": ("type", "name", "input", "reference", "evaluation_metric", "pass_threshold"),
+    "perplexity": ("type", "name", "reference", "pass_threshold"),
 }
+
+
+def lower_is_better(grader: dict) -> bool:
+    """Whether a smaller score is the better one (a perplexity)."""
+    return grader.get("type") == "perplexity"
 
 
 class GraderError(ValueError):
@@ -270,6 +283,13 @@ def validate(grader: dict, *, item_schema: dict | None = None, where: str = "tes
     if kind == "string_check":
         if grader["operation"] not in OPERATIONS:
             raise GraderError(f"{where}: operation {grader['operation']!r} is not one of {', '.join(OPERATIONS)}")
+    elif kind == "perplexity":
+        threshold = grader["pass_threshold"]
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold) \
+                or threshold < 1:  # fmt: skip
+            raise GraderError(f"{where}: 'pass_threshold' must be a perplexity of 1 or more (passed at or below "
+                              f"it), got {threshold!r}")  # fmt: skip
+        normalised["pass_threshold"] = float(threshold)
     else:
         if grader["evaluation_metric"] not in SUPPORTED_METRICS:
             raise GraderError(f"{where}: {_metric_error(grader['evaluation_metric'])}")
@@ -281,6 +301,8 @@ def validate(grader: dict, *, item_schema: dict | None = None, where: str = "tes
         normalised["pass_threshold"] = float(threshold)
 
     for field in ("input", "reference"):
+        if field not in normalised:
+            continue
         try:
             placeholders.check(grader[field], item_schema=item_schema, allow_sample=True)
         except placeholders.PlaceholderError as exc:
@@ -327,6 +349,14 @@ def grade(grader: dict, item: dict, sample: dict) -> dict:
     """
     kind = grader["type"]
     result: dict[str, Any] = {"name": grader["name"], "type": kind, "score": 0.0, "passed": False, "sample": None}
+    if kind == "perplexity":
+        measured = (sample.get("perplexity") or {}).get(grader["name"])
+        if not isinstance(measured, int | float):
+            result["error"] = measured or "the perplexity was not measured: it needs a run whose model answered"
+            return result
+        result["score"] = float(measured)
+        result["passed"] = measured <= float(grader["pass_threshold"])
+        return result
     try:
         input_text = placeholders.render(grader["input"], item=item, sample=sample)
         reference = placeholders.render(grader["reference"], item=item, sample=sample)

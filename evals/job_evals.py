@@ -1,7 +1,8 @@
 """Every fine-tuning job ends with an evaluation: once a job succeeded (finetuning.signals
 `job_succeeded`), an eval of the rows it held out from training is made, with one run on the tuned
 model and one on its base, paired for the compare page (word diffs, win rates, a person's
-votes). Graded with BLEU, ROUGE-L, token F1 and exact match against the held-out answers. The
+votes). Graded with BLEU, ROUGE-L, token F1 and exact match against the held-out answers, and the
+perplexity of those answers under each model (evals/perplexity.py). The
 runs go through the inference service at the background priority, like every eval run. A job
 that held nothing out (fewer than 10 rows, or no validation split) gets none: its general-probe
 measure (finetuning/evaluation.py) is what it has."""
@@ -28,7 +29,7 @@ CRITERIA = [
         ("BLEU ≥ 0.3", "bleu", 0.3), ("ROUGE-L ≥ 0.5", "rouge_l", 0.5), ("token F1 ≥ 0.5", "f1", 0.5),
         ("exact match", "exact_match", 1.0),
     )
-]  # fmt: skip
+] + [{"type": "perplexity", "name": "perplexity ≤ 20", "reference": "{{item.answer}}", "pass_threshold": 20}]  # fmt: skip
 MAX_NEW_TOKENS = 256
 
 

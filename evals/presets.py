@@ -29,6 +29,9 @@ class GraderPreset:
     def config(self, reference: str = DEFAULT_REFERENCE) -> dict:
         """The grader (testing_criteria entry), its reference the item field `reference`."""
         grader = {"type": self.type, "name": self.label, "input": ANSWER, "reference": f"{{{{item.{reference}}}}}"}
+        if self.type == "perplexity":
+            return {"type": self.type, "name": self.label, "reference": grader["reference"],
+                    "pass_threshold": self.threshold}  # fmt: skip
         if self.type == "string_check":
             return {**grader, "operation": self.operation}
         return {**grader, "evaluation_metric": self.metric, "pass_threshold": self.threshold}
@@ -47,6 +50,8 @@ GRADERS = {
                      metric="bleu", threshold=0.3),
         GraderPreset("f1", "Token F1 ≥ 0.5", "SQuAD token F1 of at least 0.5.", "text_similarity", metric="f1",
                      threshold=0.5),
+        GraderPreset("perplexity", "Perplexity ≤ 20", "How surprised the model is by the reference as its answer "
+                     "(lower is better; measured with the model's weights, slower).", "perplexity", threshold=20.0),
     )
 }  # fmt: skip
 DEFAULT_GRADERS = ("exact_match", "mentioned")

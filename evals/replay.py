@@ -84,12 +84,16 @@ def _day_start(day: dt.date) -> dt.datetime:
 
 def replies(user, filters: dict) -> QuerySet[Message]:
     """The logged replies a logs source picks, newest first (not yet cut to its limit)."""
-    rows = Message.objects.filter(
-        role=Message.Role.ASSISTANT,
-        status__in=(Message.Status.COMPLETE, Message.Status.STOPPED),
-        conversation__deleted_at__isnull=True,
-        parent__isnull=False,
-    ).exclude(content="").exclude(worker="")  # worker: generated, not an assistant turn an API client typed
+    rows = (
+        Message.objects.filter(
+            role=Message.Role.ASSISTANT,
+            status__in=(Message.Status.COMPLETE, Message.Status.STOPPED),
+            conversation__deleted_at__isnull=True,
+            parent__isnull=False,
+        )
+        .exclude(content="")
+        .exclude(worker="")
+    )  # worker: generated, not an assistant turn an API client typed
     if not may_replay_everyone(user):
         rows = rows.filter(conversation__user=user)
     if filters["model"]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from django.db.models import Count
 
-from . import runs
+from . import graders, runs
 from .models import OutputItem, Run
 
 STATUSES = ("pass", "fail", "error")
@@ -267,7 +267,9 @@ class Comparison:
     votes: Tally = field(default_factory=lambda: Tally("Your votes"))
 
 
-def winner(a: float, b: float) -> str:
+def winner(a: float, b: float, *, lower_is_better: bool = False) -> str:
+    if lower_is_better:
+        a, b = b, a
     return "a" if a > b else "b" if b > a else "tie"
 
 
@@ -285,9 +287,9 @@ def compare(run_a: Run, run_b: Run, votes: dict[int, str]) -> Comparison:
         answer_b = item_b.output_text if answered(item_b) else None
         scores_a, scores_b = scores_of(item_a, criteria), scores_of(item_b, criteria)
         both_graded = item_a.state == item_b.state == OutputItem.State.GRADED
-        for tally, a, b in zip(comparison.metrics, scores_a, scores_b, strict=True):
+        for grader, tally, a, b in zip(criteria, comparison.metrics, scores_a, scores_b, strict=True):
             if both_graded and a and b and not a.get("error") and not b.get("error"):
-                tally.add(winner(a["score"], b["score"]))
+                tally.add(winner(a["score"], b["score"], lower_is_better=graders.lower_is_better(grader)))
         both_answered = row.answer is not None and answer_b is not None
         comparison.rows.append(
             PairRow(

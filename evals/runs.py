@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from inference import reaper, streams
 from inference.models import LanguageModel
 
-from . import graders, samples
+from . import graders, perplexity, placeholders, samples
 from .models import Eval, OutputItem, Run
 from .sources import Source
 
@@ -127,6 +127,8 @@ def execute(run_id: int, executor: str) -> str:
         logger.exception("Eval run %s failed", run.pk)
         _finish(run, Run.Status.FAILED, code="server_error", message=f"The run stopped: {type(exc).__name__}: {exc}")
         return Run.Status.FAILED
+    finally:
+        perplexity.release()
 
 
 def _beat(run: Run, executor: str) -> bool:
@@ -167,21 +169,55 @@ def _ask_again_interrupted(run: Run) -> None:
     )
 
 
-def grade_item(evaluation: Eval, item: OutputItem) -> tuple[list[dict], str]:
-    """(results, status) of an answered item: an answer that failed is an error, not a fail."""
-    if item.finish_reason in ("error", "interrupted", "cancelled") or item.error:
+def failed(item: OutputItem) -> bool:
+    return item.finish_reason in ("error", "interrupted", "cancelled") or bool(item.error)
+
+
+def grade_item(evaluation: Eval, item: OutputItem, measured: dict | None = None) -> tuple[list[dict], str]:
+    """(results, status) of an answered item: an answer that failed is an error, not a fail.
+    `measured`: the item's perplexity per perplexity grader (see `_perplexities`)."""
+    if failed(item):
         return [], "error"
-    sample = {"output_text": item.output_text, **(item.given_sample or {})}
+    sample = {"output_text": item.output_text, **(item.given_sample or {}), "perplexity": measured or {}}
     results = [graders.grade(grader, item.item, sample) for grader in evaluation.testing_criteria]
     if any(r.get("error") for r in results):
         return results, "error"
     return results, "pass" if all(r["passed"] for r in results) else "fail"
 
 
+def _perplexities(run: Run, items: list[OutputItem]) -> dict[int, dict]:
+    """{item pk: {grader name: perplexity, or why it was not measured}} for the eval's perplexity
+    graders, measured with the run's model (evals/perplexity.py)."""
+    scored = [g for g in run.eval.testing_criteria if g["type"] == "perplexity"]
+    items = [item for item in items if not failed(item)]
+    if not scored or not items or run.model is None:
+        return {}
+    measured: dict[int, dict] = {item.pk: {} for item in items}
+    for grader in scored:
+        pairs, owners = [], []
+        for item in items:
+            sample = {"output_text": item.output_text, **(item.given_sample or {})}
+            try:
+                pairs.append((item.messages, placeholders.render(grader["reference"], item=item.item, sample=sample)))
+                owners.append(item.pk)
+            except placeholders.PlaceholderError as exc:
+                measured[item.pk][grader["name"]] = str(exc)
+        try:
+            values = perplexity.perplexities(run.model, pairs) if pairs else []
+        except Exception as exc:  # the model could not be loaded or run: each item says why
+            logger.exception("Eval run %s: perplexity not measured", run.pk)
+            values = [f"the perplexity could not be measured: {type(exc).__name__}: {exc}"] * len(pairs)
+        for pk, value in zip(owners, values, strict=True):
+            measured[pk][grader["name"]] = value
+    return measured
+
+
 def _grade_answered(run: Run) -> None:
     asked_again = models.Q(finish_reason="interrupted", attempts__lt=MAX_ATTEMPTS)  # see _ask_again_interrupted
-    for item in run.items.filter(state=State.ANSWERED).exclude(asked_again):
-        results, status = grade_item(run.eval, item)
+    items = list(run.items.filter(state=State.ANSWERED).exclude(asked_again))
+    measured = _perplexities(run, items)
+    for item in items:
+        results, status = grade_item(run.eval, item, measured.get(item.pk))
         OutputItem.objects.filter(pk=item.pk, state=State.ANSWERED).update(
             state=State.GRADED, results=results, status=status
         )

@@ -14,16 +14,19 @@ from .training import collate, encode_rows
 SAMPLES = 5
 
 
-def mean_loss(model, tokenizer, rows: list[list[dict]], batch_size: int = 8) -> float | None:
-    """Mean loss per trained (assistant) token over `rows`; None without rows."""
+def row_losses(model, tokenizer, rows: list[list[dict]], batch_size: int = 8) -> list[tuple[float, int]]:
+    """(summed loss, trained tokens) of each row: the negative log-likelihood of its assistant
+    tokens under the model, in its chat template (training.encode_chat)."""
+    return encoded_losses(model, tokenizer.pad_token_id, encode_rows(rows, tokenizer), batch_size)
+
+
+def encoded_losses(model, pad_id: int, encoded: list[dict], batch_size: int = 8) -> list[tuple[float, int]]:
+    """(summed loss, labelled tokens) of each encoded row ({"input_ids", "labels"}, -100 unlabelled)."""
     import torch
 
-    if not rows:
-        return None
-    encoded = encode_rows(rows, tokenizer)
-    collate_batch = collate(tokenizer.pad_token_id)
+    collate_batch = collate(pad_id)
     device = next(model.parameters()).device
-    total, tokens = 0.0, 0
+    measured = []
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):
@@ -31,11 +34,22 @@ def mean_loss(model, tokenizer, rows: list[list[dict]], batch_size: int = 8) -> 
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
             shifted = batch["labels"][:, 1:]
             losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)), shifted.reshape(-1), ignore_index=-100, reduction="sum"
+                logits[:, :-1].transpose(1, 2), shifted, ignore_index=-100, reduction="none"
             )
-            total += float(losses)
-            tokens += int((shifted != -100).sum())
-    return total / tokens if tokens else None
+            measured += [
+                (float(row_loss), int(count))
+                for row_loss, count in zip(losses.sum(dim=1), (shifted != -100).sum(dim=1), strict=True)
+            ]
+    return measured
+
+
+def mean_loss(model, tokenizer, rows: list[list[dict]], batch_size: int = 8) -> float | None:
+    """Mean loss per trained (assistant) token over `rows`; None without rows."""
+    if not rows:
+        return None
+    measured = row_losses(model, tokenizer, rows, batch_size)
+    tokens = sum(count for _, count in measured)
+    return sum(loss for loss, _ in measured) / tokens if tokens else None
 
 
 def sample_prompts(rows: list[list[dict]]) -> list[str]:

@@ -185,9 +185,13 @@ def test_the_studio_form_replays_logged_turns_and_the_run_page_shows_the_answer_
     assert run.data_source["input_messages"] == {"type": "item_reference", "item_reference": "item.messages"}
     item = run.items.get()
     assert item.item["message"] == logged["down"].pk and item.messages[-1]["content"] == "Two plus two?"
-    OutputItem.objects.filter(pk=item.pk).update(state=OutputItem.State.ANSWERED, output_text="four", finish_reason="stop")
+    OutputItem.objects.filter(pk=item.pk).update(
+        state=OutputItem.State.ANSWERED, output_text="four", finish_reason="stop"
+    )
     from evals import runs
 
     assert runs.execute(run.pk, runs.executor_id("test")) == "completed"
     page = client.get(f"/evals/runs/{run.pk}/").content.decode()
-    assert "user: Two plus two?" in page and "five" in page and "four" in page  # the prompt, the answer seen, the new one
+    assert (
+        "user: Two plus two?" in page and "five" in page and "four" in page
+    )  # the prompt, the answer seen, the new one

@@ -365,7 +365,8 @@ def test_a_job_that_succeeded_gets_an_eval_of_tuned_against_base_on_its_held_out
 
     evaluation = job_evals.for_job(job.pk)
     assert evaluation is not None and evaluation.owner == alice
-    assert [c["evaluation_metric"] for c in evaluation.testing_criteria] == ["bleu", "rouge_l", "f1", "exact_match"]
+    assert [c.get("evaluation_metric", c["type"]) for c in evaluation.testing_criteria] == [
+        "bleu", "rouge_l", "f1", "exact_match", "perplexity"]  # fmt: skip
     made = list(evaluation.runs.order_by("pk"))
     assert [r.model_name for r in made] == ["tiny-tuned", "tiny"]
     assert made[0].metadata["compare_with"] == str(made[1].pk) and made[1].metadata["compare_with"] == str(made[0].pk)
