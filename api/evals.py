@@ -9,8 +9,10 @@ from django.http import JsonResponse
 from django.urls import reverse
 
 from evals import actions, definitions, runs, sources
+from evals import files as eval_files
 from evals.errors import EvalError
 from evals.models import Eval, OutputItem, Run
+from finetuning.models import Dataset
 
 from . import pagination
 from .auth import api_view
@@ -140,14 +142,16 @@ def _owned_run(user, eval_id, run_id) -> Run:
 
 
 def _owned_rows(user, source: dict) -> list[dict]:
-    """The items of a file_id source (a fine-tuning file: every row) or a fine_tuning_job source
+    """The items of a file_id source (an evals file: its rows; a fine-tuning file: every chat row) or a fine_tuning_job source
     (the rows that job held out), of the user's own files and jobs; 404 like the files API. A
     logs source replays the conversation logs the user may read (evals/replay.py)."""
     if source["type"] == "logs":
         return actions.replay_rows(user, source)
     if source["type"] == "file_id":
-        check_may_finetune(user)
-        return sources.dataset_content(owned_file(user, source["id"], param="data_source.source.id"))
+        dataset = owned_file(user, source["id"], param="data_source.source.id", purpose=None)
+        if dataset.purpose == Dataset.Purpose.EVALS:
+            return eval_files.content(dataset)
+        return sources.dataset_content(dataset)
     check_may_finetune(user)
     try:
         job = owned_job(user, source["id"])

@@ -1,10 +1,11 @@
-"""/v1/files: fine-tuning datasets as OpenAI's file objects (`file-<dataset id>`).
+"""/v1/files: fine-tuning datasets and eval items as OpenAI's file objects (`file-<dataset id>`).
 
-An upload is checked row by row exactly as on the studio's upload page (finetuning/datastore.py,
-within the same size limit: finetuning/uploads.py); a file with bad rows is refused whole, with
-the first bad lines and why (the page, not the API, can keep just the good rows). What is stored
-is the normalized rows: `/content` answers those. Only people who may fine-tune use files;
-another user's ids answer 404 like unknown ones."""
+A `fine-tune` upload is checked row by row exactly as on the studio's upload page
+(finetuning/datastore.py, within the same size limit: finetuning/uploads.py); an `evals` upload
+line by line as an eval's items (evals/files.py). A file with bad rows is refused whole, with the
+first bad lines and why (the page, not the API, can keep just the good rows). What is stored is
+the normalized rows: `/content` answers those. Fine-tuning files are for people who may
+fine-tune; evals files for everyone with a key. Another user's ids answer 404 like unknown ones."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 from django.conf import settings
 from django.http import FileResponse, JsonResponse
 
+from evals import files as eval_files
+from evals.errors import EvalError
 from finetuning import datastore
 from finetuning.datasets import DatasetError
 from finetuning.models import Dataset, Job
@@ -25,7 +28,8 @@ from .auth import api_view
 from .errors import ApiError, not_found
 
 PREFIX = "file-"
-PURPOSE = "fine-tune"
+PURPOSE = Dataset.Purpose.FINE_TUNE.value
+PURPOSES = tuple(Dataset.Purpose.values)
 SHOWN_ERRORS = 5
 
 
@@ -40,12 +44,24 @@ def check_may_finetune(user) -> None:
         )
 
 
-def owned_file(user, file_id, param: str | None = None) -> Dataset:
+def owned_file(user, file_id, param: str | None = None, *, purpose: str | None = PURPOSE) -> Dataset:
+    """The user's file of that id (of `purpose`, when given); 404 otherwise. A fine-tuning file
+    needs the fine-tuning permission."""
     number = pagination.id_number(file_id, PREFIX)
-    dataset = Dataset.objects.owned_by(user).filter(pk=number).first() if number is not None else None
+    rows = visible_files(user)
+    dataset = rows.filter(pk=number).first() if number is not None else None
     if dataset is None:
         raise not_found("file", file_id, param=param)
+    if purpose is not None and dataset.purpose != purpose:
+        raise ApiError(400, f"{file_id} is a file of purpose {dataset.purpose!r}; this needs one of purpose "
+                       f"{purpose!r}.", param=param, code="invalid_file")  # fmt: skip
     return dataset
+
+
+def visible_files(user):
+    """The files the user may use: their evals files, and their fine-tuning files if they may fine-tune."""
+    rows = Dataset.objects.owned_by(user)
+    return rows if may_finetune(user) else rows.filter(purpose=Dataset.Purpose.EVALS)
 
 
 def _size(n: int) -> str:
@@ -106,7 +122,7 @@ def file_object(dataset: Dataset) -> dict:
         "bytes": size,
         "created_at": int(dataset.created_at.timestamp()),
         "filename": dataset.original_filename,
-        "purpose": PURPOSE,
+        "purpose": dataset.purpose,
         "status": "processed",
         "status_details": None,
         "expires_at": None,
@@ -117,14 +133,13 @@ def file_object(dataset: Dataset) -> dict:
 @limited_upload
 @api_view("GET", "POST")
 def files(request):
-    check_may_finetune(request.user)
     if request.method == "POST":
         return JsonResponse(file_object(_upload(request)))
     page = pagination.page_request(request, PREFIX, default_limit=10_000, max_limit=10_000, ordered=True)
     purpose = request.GET.get("purpose")
-    rows = Dataset.objects.owned_by(request.user)
-    if purpose and purpose != PURPOSE:
-        rows = rows.none()  # every file here is for fine-tuning
+    rows = visible_files(request.user)
+    if purpose:
+        rows = rows.filter(purpose=purpose)
     rows, has_more = pagination.paginate(rows, page)
     return JsonResponse(pagination.list_body([file_object(d) for d in rows], has_more))
 
@@ -140,18 +155,25 @@ def _upload(request) -> Dataset:
             code="file_too_large",
         )
     purpose = request.POST.get("purpose")
-    if purpose != PURPOSE:
-        raise ApiError(400, f"purpose must be {PURPOSE!r} (got {purpose!r}): files here are for fine-tuning.",
-                       param="purpose")  # fmt: skip
+    if purpose not in PURPOSES:
+        raise ApiError(400, f"purpose must be one of {', '.join(map(repr, PURPOSES))} (got {purpose!r}): files here "
+                       "are for fine-tuning or evals.", param="purpose")  # fmt: skip
+    if purpose == PURPOSE:
+        check_may_finetune(request.user)
     if uploaded is None:
         raise ApiError(400, "Send the file as the multipart field 'file' (.jsonl, .json or .csv).", param="file")
-    return store(request.user, Path(uploaded.temporary_file_path()), uploaded.name)
+    path = Path(uploaded.temporary_file_path())
+    if purpose == PURPOSE:
+        return store(request.user, path, uploaded.name)
+    try:
+        return eval_files.store(request.user, path, uploaded.name)
+    except EvalError as exc:
+        raise ApiError(400, exc.message, param="file", code="invalid_file") from exc
 
 
 @api_view("GET", "DELETE")
 def file_detail(request, file_id: str):
-    check_may_finetune(request.user)
-    dataset = owned_file(request.user, file_id)
+    dataset = owned_file(request.user, file_id, purpose=None)
     if request.method == "DELETE":
         ident = f"{PREFIX}{dataset.pk}"  # the row has no pk once deleted
         delete(dataset)
@@ -161,8 +183,7 @@ def file_detail(request, file_id: str):
 
 @api_view("GET")
 def file_content(request, file_id: str):
-    check_may_finetune(request.user)
-    dataset = owned_file(request.user, file_id)
+    dataset = owned_file(request.user, file_id, purpose=None)
     if not dataset.path.is_file():
         raise ApiError(500, "The file's stored rows are missing on the server.", code="file_missing")
     name = f"{Path(dataset.original_filename).stem or 'rows'}.jsonl"  # the normalized rows, whatever was sent

@@ -34,6 +34,9 @@ def create(owner, *, name: str, base_model: LanguageModel, dataset: Dataset, met
         errors["base_model"] = "Pick an enabled model you may use."
     if dataset.owner_id != owner.pk and not owner.is_staff:
         errors["dataset"] = "Pick one of your datasets."
+    elif dataset.purpose != Dataset.Purpose.FINE_TUNE:
+        errors["dataset"] = (f"{dataset.name} holds evaluation items (purpose {dataset.purpose}), not training rows: "
+                             "upload the training rows with purpose fine-tune.")  # fmt: skip
     if method not in Job.Method.values:
         errors["method"] = f"Method must be one of: {', '.join(Job.Method.values)}."
     name = (name or "").strip() or f"{base_model.name} + {dataset.name}"

@@ -21,7 +21,12 @@ class OwnedQuerySet(models.QuerySet):
 
 
 class Dataset(models.Model):
-    """A validated dataset: its rows are stored as chat `messages` JSONL under FINETUNE_DIR."""
+    """A validated dataset: its rows are stored as chat `messages` JSONL under FINETUNE_DIR; or,
+    of purpose `evals`, an eval's items (evals/files.py), which training never takes."""
+
+    class Purpose(models.TextChoices):
+        FINE_TUNE = "fine-tune", "fine-tuning rows"
+        EVALS = "evals", "evaluation items"
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="datasets")
     name = models.CharField(max_length=200)
@@ -33,6 +38,7 @@ class Dataset(models.Model):
     dropped_rows = models.PositiveIntegerField(default=0, help_text="Bad rows left out at upload.")
     stats = models.JSONField(default=dict, help_text="Token statistics with the base model's tokenizer.")
     tokenizer_model = models.ForeignKey(LanguageModel, null=True, on_delete=models.SET_NULL, related_name="+")
+    purpose = models.CharField(max_length=16, choices=Purpose.choices, default=Purpose.FINE_TUNE, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = OwnedQuerySet.as_manager()

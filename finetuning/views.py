@@ -49,7 +49,9 @@ def studio(request: HttpRequest) -> HttpResponse:
         request,
         "finetuning/studio.html",
         {
-            "datasets": Dataset.objects.owned_by(request.user).select_related("owner")[:200],
+            "datasets": Dataset.objects.owned_by(request.user)
+            .filter(purpose=Dataset.Purpose.FINE_TUNE)
+            .select_related("owner")[:200],
             "jobs": Job.objects.owned_by(request.user).select_related("base_model", "dataset", "result_model")[:200],
         },
     )
@@ -125,7 +127,9 @@ def keep_good_rows(request: HttpRequest) -> HttpResponse:
 @finetuner_required
 @require_http_methods(["GET", "POST"])
 def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
-    dataset = get_object_or_404(Dataset.objects.owned_by(request.user), pk=dataset_id)
+    dataset = get_object_or_404(
+        Dataset.objects.owned_by(request.user).filter(purpose=Dataset.Purpose.FINE_TUNE), pk=dataset_id
+    )
     if request.method == "POST":  # delete
         try:
             datastore.delete(dataset)
@@ -144,7 +148,7 @@ def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
 @finetuner_required
 @require_http_methods(["GET", "POST"])
 def new_job(request: HttpRequest) -> HttpResponse:
-    datasets = list(Dataset.objects.filter(owner=request.user)[:200])
+    datasets = list(Dataset.objects.filter(owner=request.user, purpose=Dataset.Purpose.FINE_TUNE)[:200])
     models = list(_base_models(request.user))
     form = {"method": "lora", "dataset": request.GET.get("dataset", ""), "base_model": ""}
     errors = {}

@@ -104,7 +104,7 @@ def test_an_upload_over_the_limit_is_refused_with_413(client, alice_key, api_set
 
 
 @pytest.mark.django_db
-def test_a_purpose_other_than_fine_tune_or_no_file_is_refused_naming_the_param(client, alice_key):
+def test_a_purpose_other_than_fine_tune_or_evals_or_no_file_is_refused_naming_the_param(client, alice_key):
     response = upload(client, alice_key, jsonl(GOOD), purpose="assistants")
     assert response.status_code == 400 and error_of(response)["param"] == "purpose"
     response = client.post("/v1/files", {"purpose": "fine-tune"}, **alice_key)
@@ -112,19 +112,20 @@ def test_a_purpose_other_than_fine_tune_or_no_file_is_refused_naming_the_param(c
 
 
 @pytest.mark.django_db
-def test_without_the_fine_tuning_permission_every_file_call_is_403(client, bob, api_settings):
+def test_without_the_fine_tuning_permission_fine_tuning_files_are_out_of_reach(client, alice_key, bob, api_settings):
+    from finetuning.models import Dataset
+
+    file_id = upload(client, alice_key, jsonl(GOOD)).json()["id"]
+    Dataset.objects.update(owner=bob)  # bob's own fine-tuning file, from before the permission was taken away
     auth = bearer(bob)
-    for response in (
-        upload(client, auth, jsonl(GOOD)),
-        client.get("/v1/files", **auth),
-        client.get("/v1/files/file-1", **auth),
-        client.delete("/v1/files/file-1", **auth),
-    ):
-        assert response.status_code == 403
-        error = error_of(response)
-        assert (
-            error["type"] == "permission_error" and "Can upload datasets and run fine-tuning jobs" in error["message"]
-        )
+    response = upload(client, auth, jsonl(GOOD))
+    assert response.status_code == 403
+    error = error_of(response)
+    assert error["type"] == "permission_error" and "Can upload datasets and run fine-tuning jobs" in error["message"]
+    assert client.get("/v1/files", **auth).json()["data"] == []  # only evals files (docs/evals.md) are listed
+    for response in (client.get(f"/v1/files/{file_id}", **auth), client.delete(f"/v1/files/{file_id}", **auth)):
+        assert response.status_code == 404
+    assert Dataset.objects.count() == 1
 
 
 @pytest.mark.django_db
@@ -276,5 +277,7 @@ def test_the_sdk_uploads_lists_reads_and_deletes_files(stack, tmp_path):
 
     outsider = sdk_client(stack, "sdk-files-outsider", allowed=False)
     with pytest.raises(openai.PermissionDeniedError) as denied:
-        outsider.files.list()
+        outsider.files.create(file=("ok.jsonl", jsonl(GOOD)), purpose="fine-tune")
     assert "Can upload datasets and run fine-tuning jobs" in denied.value.message
+    items = outsider.files.create(file=("items.jsonl", jsonl({"item": {"q": "1"}})), purpose="evals")
+    assert items.purpose == "evals" and [f.id for f in outsider.files.list()] == [items.id]
