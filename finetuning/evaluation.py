@@ -4,11 +4,15 @@ model before training and on the tuned model after, by the same code."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import time
 
 from django.conf import settings
 
 from . import probe
+from .models import BaseProbe
 from .training import collate, encode_rows
 
 SAMPLES = 5
@@ -66,16 +70,45 @@ def probe_items():
     return probe.load_items(limit=settings.FINETUNE_PROBE_ITEMS or None)
 
 
-def measure(model, tokenizer, eval_rows: list[list[dict]], prompts: list[str]) -> dict:
-    """One model's numbers; the same dict for the base and the tuned model."""
+def run_probe(model, tokenizer, progress=None) -> dict:
+    """The general-knowledge probe's result as stored: {"correct", "total", "share", "answers"}."""
+    result = probe.run_probe(model, tokenizer, probe_items(), progress=progress)
+    return {"correct": result.correct, "total": result.total, "share": result.share, "answers": result.answers}
+
+
+def probe_key(row) -> str:
+    """What a base model's probe result depends on: the model's version and the probe's items."""
+    items = [(item.question, item.answers) for item in probe_items()]
+    return hashlib.sha256(json.dumps([row.pk, list(map(str, row.load_version)), items]).encode()).hexdigest()
+
+
+def base_probe(row, model, tokenizer, progress=None) -> tuple[dict, bool]:
+    """(the probe result of base model `row`, whether it was measured before): measured once per
+    model version and reused by every job on that base."""
+    key = probe_key(row)
+    cached = BaseProbe.objects.filter(model=row, key=key).first()
+    if cached is not None:
+        return cached.result, True
+    started = time.monotonic()
+    result = run_probe(model, tokenizer, progress)
+    BaseProbe.objects.get_or_create(
+        model=row, key=key, defaults={"result": result, "seconds": time.monotonic() - started}
+    )
+    return result, False
+
+
+def measure(model, tokenizer, eval_rows: list[list[dict]], prompts: list[str], *, probe_result: dict | None = None,
+            progress=None) -> dict:  # fmt: skip
+    """One model's numbers; the same dict for the base and the tuned model. `probe_result`: the
+    probe measured already (a base model's, `base_probe`); else it is run, `progress(done,
+    total)` called as its questions are answered."""
     loss = mean_loss(model, tokenizer, eval_rows)
     answers = probe.answer_all(model, tokenizer, prompts, max_new_tokens=64) if prompts else []
-    result = probe.run_probe(model, tokenizer, probe_items())
     return {
         "eval_loss": loss,
         "perplexity": math.exp(loss) if loss is not None and loss < 50 else None,
         "samples": answers,
-        "probe": {"correct": result.correct, "total": result.total, "share": result.share, "answers": result.answers},
+        "probe": probe_result if probe_result is not None else run_probe(model, tokenizer, progress),
     }
 
 

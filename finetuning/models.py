@@ -89,6 +89,9 @@ class Job(models.Model):
     worker = models.CharField(max_length=200, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     evaluation = models.JSONField(default=dict, blank=True)
+    phase = models.JSONField(
+        default=dict, blank=True, help_text='The measuring phase under way: {"name", "done", "total"} (empty: none).'
+    )
     result_model = models.ForeignKey(
         LanguageModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="made_by_jobs"
     )
@@ -153,3 +156,20 @@ class JobMetric(models.Model):
 
     def __str__(self) -> str:
         return f"step {self.step}: loss {self.loss}"
+
+
+class BaseProbe(models.Model):
+    """A model's general-knowledge probe, measured once per model version and probe (the key) and
+    reused by every job on that base (finetuning/evaluation.py `base_probe`)."""
+
+    model = models.ForeignKey(LanguageModel, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=64, help_text="sha256 of the model's load version and the probe's items.")
+    result = models.JSONField(help_text='{"correct", "total", "share", "answers"}')
+    seconds = models.FloatField(default=0, help_text="How long measuring it took.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model", "key"], name="one_probe_per_model_version")]
+
+    def __str__(self) -> str:
+        return f"{self.model} probe {self.result.get('correct')}/{self.result.get('total')}"

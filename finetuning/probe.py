@@ -71,9 +71,11 @@ def is_correct(answer: str, item: ProbeItem) -> bool:
     return any(re.search(_pattern(normalize(accepted)), text) for accepted in item.answers if accepted.strip())
 
 
-def answer_all(model, tokenizer, questions: list[str], *, batch_size: int = 16, max_new_tokens: int = 24) -> list[str]:
+def answer_all(model, tokenizer, questions: list[str], *, batch_size: int = 16, max_new_tokens: int = 24,
+               progress=None) -> list[str]:  # fmt: skip
     """Greedy replies to `questions`, each asked alone with the model's chat template, in batches
-    padded on the left so every prompt ends where generation starts."""
+    padded on the left so every prompt ends where generation starts. `progress(done, total)` is
+    called after each batch."""
     import torch
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -100,6 +102,8 @@ def answer_all(model, tokenizer, questions: list[str], *, batch_size: int = 16, 
             )
             for row in output[:, longest:]:
                 replies.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+            if progress is not None:
+                progress(len(replies), len(questions))
     return replies
 
 

@@ -21,6 +21,7 @@ def job_json(job: Job) -> dict:
         "epoch": job.epoch,
         "tokens_per_s": job.tokens_per_s,
         "eta_s": job.eta_s,
+        "phase": job.phase if not job.is_finished else {},
         "error": job.error,
         "cancel_requested": job.cancel_requested,
         "result_model": job.result_model.slug if job.result_model_id and job.result_model else None,

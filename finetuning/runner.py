@@ -74,9 +74,15 @@ def _run(job: Job) -> None:
     job.log(f"Loaded {job.base_model.name} on {device} ({'bf16 autocast' if bf16 else 'float32'}).")
     prompts = evaluation.sample_prompts(eval_rows or train_rows)
     if "base" not in job.evaluation:  # measured once, kept across resumes
-        job.evaluation = {"base": evaluation.measure(model, tokenizer, eval_rows, prompts)}
-        job.save(update_fields=["evaluation"])
-        job.log(_probe_line("Base model", job.evaluation["base"]))
+        base_probe, reused = evaluation.base_probe(
+            job.base_model, model, tokenizer, progress=_phase(job, "Base model: general-knowledge probe")
+        )
+        _phase(job, "Base model: held-out loss and sample answers")(0, 0)
+        job.evaluation = {"base": evaluation.measure(model, tokenizer, eval_rows, prompts, probe_result=base_probe)}
+        job.phase = {}
+        job.save(update_fields=["evaluation", "phase"])
+        job.log(_probe_line("Base model", job.evaluation["base"]) + (" (measured before on this model version)"
+                                                                     if reused else ""))  # fmt: skip
 
     jobs.set_state(job, Job.State.RUNNING)
     outcome = training.train(job, model, tokenizer, train_rows, eval_rows, device, bf16)
@@ -89,10 +95,14 @@ def _run(job: Job) -> None:
     job.log(f"Trained in {outcome.train_runtime_s:.0f} s ({outcome.tokens_per_s or 0:.0f} tokens/s).")
 
     jobs.set_state(job, Job.State.EVALUATING)
-    tuned = evaluation.measure(outcome.model, tokenizer, eval_rows, prompts)
+    _phase(job, "Tuned model: held-out loss and sample answers")(0, 0)
+    tuned = evaluation.measure(
+        outcome.model, tokenizer, eval_rows, prompts, progress=_phase(job, "Tuned model: general-knowledge probe")
+    )
     job.evaluation = {**job.evaluation, "tuned": tuned}
     job.evaluation["comparison"] = evaluation.compare(job.evaluation["base"], tuned, prompts)
-    job.save(update_fields=["evaluation"])
+    job.phase = {}
+    job.save(update_fields=["evaluation", "phase"])
     job.log(_probe_line("Tuned model", tuned))
     if job.evaluation["comparison"]["forgot_too_much"]:
         job.log(
@@ -104,6 +114,15 @@ def _run(job: Job) -> None:
         jobs.finish(job, Job.State.CANCELLED, "Cancelled during evaluation; no model was registered.")
         return
     register(job, export(job, outcome.model, tokenizer))
+
+
+def _phase(job: Job, name: str):
+    """A progress(done, total) callback that shows the phase under way on the job's page."""
+
+    def progress(done: int, total: int) -> None:
+        Job.objects.filter(pk=job.pk).update(phase={"name": name, "done": done, "total": total})
+
+    return progress
 
 
 def _probe_line(who: str, measured: dict) -> str:

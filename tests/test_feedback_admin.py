@@ -212,5 +212,9 @@ def test_a_dataset_built_from_feedback_trains_a_fine_tuning_job_to_success(root,
         )
         job.refresh_from_db()
         assert job.dataset.rows == 2 and job.result_model is not None
+        assert job.phase == {}  # every measuring phase ended
+        from finetuning.models import BaseProbe
+
+        assert BaseProbe.objects.filter(model__slug="tiny").count() == 1  # kept for the next job on this base
     finally:
         shutil.rmtree(Path(settings.MODEL_DIR) / "tuned" / runner.model_slug(job), ignore_errors=True)

@@ -55,6 +55,8 @@
     el("step").textContent = job.total_steps ? "step " + job.step + " / " + job.total_steps + " · epoch " + job.epoch.toFixed(2) : "";
     el("eta").textContent = job.eta_s && !job.finished ? "· about " + duration(job.eta_s) + " left" : "";
     el("speed").textContent = job.tokens_per_s ? "· " + Math.round(job.tokens_per_s) + " tokens/s" : "";
+    var phase = job.phase || {};
+    el("phase").textContent = phase.name ? phase.name + (phase.total ? ": " + phase.done + " / " + phase.total : "…") : "";
     el("progress").value = job.finished && job.state === "succeeded" ? 1 : job.progress;
     if (job.error) { el("error").textContent = job.error; el("error").hidden = false; }
     if (job.result_model) {
