@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chatsite.ids import parse_id
+
 from .errors import ApiError
 
 
 def id_number(ident, prefix: str) -> int | None:
     """12 for `file-12` with prefix "file-"; None for anything else."""
     number = str(ident).removeprefix(prefix)
-    if number == str(ident) or not number.isdigit() or len(number) > 18:
-        return None
-    return int(number)
+    return None if number == str(ident) else parse_id(number)
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,9 @@ def page_request(request, prefix: str, *, default_limit: int, max_limit: int, or
     raw_limit = request.GET.get("limit")
     limit = default_limit
     if raw_limit:
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= max_limit:
+        limit = parse_id(raw_limit)
+        if limit is None or not 1 <= limit <= max_limit:
             raise ApiError(400, f"limit must be a whole number from 1 to {max_limit}.", param="limit")
-        limit = int(raw_limit)
     order = request.GET.get("order", "desc") if ordered else "desc"
     if order not in ("asc", "desc"):
         raise ApiError(400, "order must be asc or desc.", param="order")

@@ -8,6 +8,7 @@ from django.db.models import Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
+from chatsite.ids import parse_id, parse_signed
 from inference import sampling, streams
 
 from . import branches, feedback, replies
@@ -27,10 +28,15 @@ def conversations_for(user, query: str = "") -> QuerySet[Conversation]:
 
 def get_owned_conversation(user, conversation_id) -> Conversation:
     """The conversation if it exists and belongs to `user`; 404 otherwise (same answer for both)."""
-    try:
-        return Conversation.objects.on_chat_page().select_related("model").get(pk=int(conversation_id), user=user)
-    except (Conversation.DoesNotExist, ValueError, TypeError):
-        raise Http404("No such conversation.") from None
+    number = parse_id(conversation_id)
+    conversation = (
+        Conversation.objects.on_chat_page().select_related("model").filter(pk=number, user=user).first()
+        if number is not None
+        else None
+    )
+    if conversation is None:
+        raise Http404("No such conversation.")
+    return conversation
 
 
 def visible_messages(conversation: Conversation) -> QuerySet[Message]:
@@ -62,9 +68,7 @@ def _whole_number(raw) -> int | None:
         return None
     if isinstance(raw, int):
         return raw
-    if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
-        return int(raw)
-    return None
+    return parse_signed(raw)
 
 
 def update_conversation(conversation: Conversation, data) -> SettingsResult:

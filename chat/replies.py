@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
+from chatsite.ids import parse_id
 from inference import sinks, streams
 from inference.protocol import Done
 from moderation import events as moderation_events
@@ -35,9 +36,7 @@ def request_id(message_id: int) -> str:
 
 
 def message_id_of(request_id: str) -> int | None:
-    if not request_id.startswith(PREFIX) or not request_id[len(PREFIX) :].isdigit():
-        return None
-    return int(request_id[len(PREFIX) :])
+    return parse_id(request_id[len(PREFIX) :]) if request_id.startswith(PREFIX) else None
 
 
 def done_frame(message: Message) -> dict:

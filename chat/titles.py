@@ -22,6 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from chatsite.ids import parse_id
 from inference import sinks, streams
 from inference.protocol import BACKGROUND, Done, Request
 
@@ -69,7 +70,7 @@ def request_id(conversation_id: int) -> str:
 
 def conversation_id_of(request_id_: str) -> int | None:
     rest = request_id_[len(PREFIX) :] if request_id_.startswith(PREFIX) else ""
-    return int(rest) if rest.isdigit() else None
+    return parse_id(rest)
 
 
 def build_request(conversation: Conversation, question: str, answer: str, model) -> Request:

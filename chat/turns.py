@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from chatsite.ids import parse_id
 from inference import sampling
 from inference.protocol import Request
 from moderation import checks as moderation_checks
@@ -84,7 +85,7 @@ def _check_content(content) -> str:
 
 
 def _check_id(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not isinstance(value, int) or not parse_id(value):  # parse_id: not a bool, below 10**18
         raise TurnError("invalid_field", f"{name} must be a positive integer id.")
     return value
 

@@ -6,6 +6,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from chatsite.ids import parse_id
+
 from . import report, rollup
 
 DEFAULT_PERIOD = 30
@@ -13,7 +15,8 @@ DEFAULT_PERIOD = 30
 
 def _period(request: HttpRequest) -> int | None:
     value = request.GET.get("days", str(DEFAULT_PERIOD))
-    return int(value) if value.isdigit() and int(value) in report.PERIODS else None
+    days = parse_id(value)
+    return days if days in report.PERIODS else None
 
 
 @staff_member_required

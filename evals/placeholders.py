@@ -22,6 +22,8 @@ import json
 import re
 from typing import Any
 
+from chatsite.ids import parse_id
+
 __all__ = ["NAMESPACES", "PlaceholderError", "check", "names", "render", "value"]
 
 #: Where a placeholder's value can come from.
@@ -99,11 +101,12 @@ def _lookup(raw: str, parts: list[str], item: dict, sample: dict | None) -> Any:
                 raise PlaceholderError(f"{raw}: {where} has no field '{part}' (it has: {fields})")
             value = value[part]
         elif isinstance(value, list):
-            if not part.isdigit():
+            index = parse_id(part)
+            if index is None:
                 raise PlaceholderError(f"{raw}: {where} is a list, so '{part}' must be a 0-based index such as 0")
-            if int(part) >= len(value):
+            if index >= len(value):
                 raise PlaceholderError(f"{raw}: {where} has {len(value)} element(s), so there is no index {part}")
-            value = value[int(part)]
+            value = value[index]
         else:
             raise PlaceholderError(f"{raw}: {where} is {_kind(value)}, not an object, so it has no field '{part}'")
         where = ".".join(parts[: depth + 1])

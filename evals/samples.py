@@ -8,6 +8,7 @@ from __future__ import annotations
 from django.db.models import F
 from django.utils import timezone
 
+from chatsite.ids import parse_id
 from inference import sinks
 from inference.protocol import BACKGROUND, Done, Request
 
@@ -24,7 +25,7 @@ def request_id(item_pk: int) -> str:
 
 def item_pk_of(request_id_: str) -> int | None:
     rest = request_id_[len(PREFIX) :] if request_id_.startswith(PREFIX) else ""
-    return int(rest) if rest.isdigit() else None
+    return parse_id(rest)
 
 
 def build_request(item: OutputItem, model, sampling: dict, user_id: int) -> Request:

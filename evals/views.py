@@ -18,6 +18,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from chatsite.ids import parse_id
+
 from . import actions, job_evals, presets, reports, runs
 from .errors import EvalError
 from .forms import NewEvalForm, RunAgainForm
@@ -37,10 +39,8 @@ def _owned_run(request: HttpRequest, run_id: int) -> Run:
 
 
 def _int(value, default: int = 0) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
+    number = parse_id(value)
+    return default if number is None else number
 
 
 # --- the list and the new evaluation ---------------------------------------------------------------

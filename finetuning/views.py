@@ -13,6 +13,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from chatsite.ids import parse_id
 from inference.models import LanguageModel
 
 from . import datastore, hyperparameters, jobs, progress
@@ -241,10 +242,7 @@ def job_progress(request: HttpRequest, job_id: int) -> JsonResponse:
 
 
 def _int(value) -> int:
-    try:
-        return max(int(value), 0)
-    except (TypeError, ValueError):
-        return 0
+    return parse_id(value) or 0
 
 
 @finetuner_required
