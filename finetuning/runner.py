@@ -12,6 +12,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils.text import slugify
 
 from inference.backends.llamacpp import adapter_gguf
@@ -133,7 +134,20 @@ def _probe_line(who: str, measured: dict) -> str:
 
 
 def model_slug(job: Job) -> str:
-    return f"{slugify(job.name)[:60] or 'tuned'}-ft{job.pk}"
+    """The tuned model's id (and its folder's name under MODEL_DIR/tuned): the job's name and
+    number. One that another model already has (its id, or its folder) gets a suffix: a job never
+    takes over an existing model, however it is named; its own row from an earlier try is kept."""
+    stem = f"{slugify(job.name)[:60] or 'tuned'}-ft{job.pk}"
+    slug, n = stem, 1
+    while _taken(slug, job):
+        n += 1
+        slug = f"{stem}-{n}"
+    return slug
+
+
+def _taken(slug: str, job: Job) -> bool:
+    rows = LanguageModel.objects.filter(Q(slug=slug) | Q(location=f"tuned/{slug}"))
+    return any((row.lineage or {}).get("job") != job.pk for row in rows)
 
 
 def export(job: Job, model, tokenizer) -> Exported:
@@ -207,22 +221,26 @@ def register(job: Job, exported: Exported) -> LanguageModel:
     copied = (*SAMPLING_FIELDS, "max_tokens", "max_new_tokens_cap", "max_input_tokens", "system_prompt")
     sampling = {name: getattr(base, name) for name in copied}
     with transaction.atomic():
-        model, _ = LanguageModel.objects.update_or_create(
-            slug=model_slug(job),
-            defaults={
-                "name": job.name,
-                "source": LanguageModel.Source.LOCAL,
-                "location": str(exported.folder.relative_to(settings.MODEL_DIR)),  # MODEL_DIR may differ per host
-                "backend": LanguageModel.Backend.AUTO,
-                "gguf_file": exported.gguf_file,
-                "adapter": exported.adapter,
-                "owner": job.owner,
-                "base": base,
-                "lineage": lineage,
-                "enabled": True,
-                **sampling,
-            },
-        )
+        fields = {
+            "name": job.name,
+            "source": LanguageModel.Source.LOCAL,
+            "location": str(exported.folder.relative_to(settings.MODEL_DIR)),  # MODEL_DIR may differ per host
+            "backend": LanguageModel.Backend.AUTO,
+            "gguf_file": exported.gguf_file,
+            "adapter": exported.adapter,
+            "owner": job.owner,
+            "base": base,
+            "lineage": lineage,
+            "enabled": True,
+            **sampling,
+        }
+        slug = model_slug(job)
+        model = LanguageModel.objects.filter(slug=slug, lineage__job=job.pk).first()  # an earlier try's row
+        if model is None:
+            model = LanguageModel.objects.create(slug=slug, **fields)
+        else:
+            LanguageModel.objects.filter(pk=model.pk).update(**fields)
+            model.refresh_from_db()
         job.result_model = model
         job.save(update_fields=["result_model"])
         jobs.finish(job, Job.State.SUCCEEDED, f"Succeeded: the model {model.name!r} is ready in the chat.")

@@ -194,3 +194,29 @@ def test_a_lora_job_on_the_default_model_exports_every_copy_and_registers_its_ad
         import shutil
 
         shutil.rmtree(exported.folder, ignore_errors=True)
+
+
+def test_a_tuned_model_never_takes_over_an_existing_model_s_id(job, alice, bob, tiny_model, settings):
+    """Issue 24, finding 9: registration used update_or_create on the slug, so a job named to
+    match an existing model's id replaced that row (its owner, weights, everything)."""
+    from pathlib import Path
+
+    from finetuning import runner
+    from inference.models import LanguageModel
+
+    created, _ = job
+    created.name = "Team model"
+    created.save()
+    victim = LanguageModel.objects.create(name="Bob's", slug=f"team-model-ft{created.pk}", source="local",
+                                          location="bob/model", owner=bob)  # fmt: skip
+    slug = runner.model_slug(created)
+    assert slug == f"team-model-ft{created.pk}-2"
+    exported = runner.Exported(folder=Path(settings.MODEL_DIR) / "tuned" / slug)
+    model = runner.register(created, exported)
+    victim.refresh_from_db()
+    assert (victim.name, victim.owner, victim.location) == ("Bob's", bob, "bob/model")
+    assert model.slug == slug and model.owner == alice and model.lineage["job"] == created.pk
+    created.refresh_from_db()
+    assert created.result_model == model
+    # Registering again (a retried job) keeps its own row rather than making a third.
+    assert runner.register(created, exported).pk == model.pk and runner.model_slug(created) == slug
