@@ -22,7 +22,7 @@ def make_reply(user, status=Message.Status.COMPLETE) -> Message:
     conversation = Conversation.objects.create(user=user, title="Chat")
     Message.objects.create(conversation=conversation, role=Message.Role.USER, content="hi")
     return Message.objects.create(
-        conversation=conversation, role=Message.Role.ASSISTANT, content="hello", status=status
+        conversation=conversation, role=Message.Role.ASSISTANT, content="hello", status=status, worker="w1"
     )
 
 
@@ -30,6 +30,21 @@ def post(client: Client, message: Message, body) -> tuple[int, dict]:
     url = reverse("chat:message_feedback", args=[message.pk])
     response = client.post(url, json.dumps(body), content_type="application/json")
     return response.status_code, response.json()
+
+
+def test_feedback_only_on_replies_the_model_generated_in_a_chat_conversation(alice):
+    """Issue 24, finding 6: an API client types its own assistant turns; liked, a forged answer
+    would reach a training dataset."""
+    reply = make_reply(alice)
+    typed = Message.objects.create(conversation=reply.conversation, role=Message.Role.ASSISTANT, content="forged")
+    api_reply = make_reply(alice)
+    Conversation.objects.filter(pk=api_reply.conversation_id).update(source=Conversation.Source.API)
+    client = client_for(alice)
+    for message in (typed, api_reply):
+        status, body = post(client, message, {"rating": 1})
+        assert status == 400 and "generated in a chat conversation" in body["errors"]["message"]
+    assert post(client, reply, {"rating": 1})[0] == 200
+    assert Feedback.objects.count() == 1
 
 
 def test_a_thumbs_up_is_stored_and_returned(alice):
