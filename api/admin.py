@@ -1,14 +1,45 @@
+import logging
+
+from django import forms
 from django.contrib import admin, messages
+from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from . import keys
 from .models import ApiKey
 
+logger = logging.getLogger(__name__)
+
+
+class ApiKeyForm(forms.ModelForm):
+    """Who may get a key from whom: staff make keys for themselves; only a superuser makes one for
+    another user, and never for another superuser (a key acts as its user everywhere in the API)."""
+
+    request = None  # set per request by ApiKeyAdmin.get_form
+
+    class Meta:
+        model = ApiKey
+        fields = ("user", "name", "rate_limit")
+
+    def clean_user(self):
+        target = self.cleaned_data["user"]
+        actor = self.request.user
+        if target.pk != actor.pk:
+            if not actor.is_superuser:
+                raise forms.ValidationError("Only a superuser may create a key for another user; you may create one "
+                                            "for yourself.")  # fmt: skip
+            if target.is_superuser:
+                raise forms.ValidationError("A key for another superuser cannot be made here: a superuser makes "
+                                            "their own.")  # fmt: skip
+        return target
+
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    """Usage per key; an admin creates a key for a user (shown once, in the page's message)."""
+    """Usage per key; an admin creates a key (for whom: ApiKeyForm), shown once on the page that
+    answers the form: never in a message, which travels in a cookie."""
 
+    form = ApiKeyForm
     list_display = ("prefix", "name", "user", "created_at", "last_used_at", "requests", "prompt_tokens",
                     "completion_tokens", "rate_limit", "revoked_at")  # fmt: skip
     list_filter = ("revoked_at",)
@@ -17,6 +48,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
     actions = ("revoke",)
     fields = ("user", "name", "rate_limit")
     autocomplete_fields = ()
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        return type(form.__name__, (form,), {"request": request})
+
+    def get_changeform_initial_data(self, request):
+        return {"user": request.user.pk, **super().get_changeform_initial_data(request)}
 
     def get_readonly_fields(self, request, obj=None):
         return ("user",) if obj is not None else ()
@@ -29,7 +67,24 @@ class ApiKeyAdmin(admin.ModelAdmin):
             row.rate_limit = obj.rate_limit
             row.save(update_fields=["rate_limit"])
         obj.pk = row.pk
-        self.message_user(request, f"The new key (copy it now, it is not shown again): {key}", messages.WARNING)
+        obj.prefix = row.prefix
+        request.new_api_key = key  # shown by response_add, once
+        logger.warning("API key %s created by %s for %s", row.prefix, request.user.username, obj.user.username)
+
+    def construct_change_message(self, request, form, formsets, add=False):
+        if add:  # the admin's history says who made which key for whom
+            return f"Created the key {form.instance.prefix}… for {form.instance.user.username}."
+        return super().construct_change_message(request, form, formsets, add)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        key = getattr(request, "new_api_key", None)
+        if key is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {**self.admin_site.each_context(request), "title": "New API key", "key": key, "row": obj,
+                   "opts": self.model._meta}  # fmt: skip
+        response = TemplateResponse(request, "admin/api/apikey/created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # revoke instead: usage stays

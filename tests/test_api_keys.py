@@ -99,3 +99,34 @@ def test_api_calls_are_logged_but_not_listed_or_continued_on_the_chat_page(clien
     with pytest.raises(turns.TurnError) as error:
         turns.start_turn(alice, api_call.pk, "continue it", None, None)
     assert error.value.code == "not_found"
+
+
+def test_who_may_make_a_key_for_whom_and_the_key_is_never_in_a_cookie(client, admin_user, alice, django_user_model):
+    """Issue 24, finding 5: staff who may add keys could mint one for anyone, superusers included,
+    and the new key travelled in the (signed, unencrypted) messages cookie."""
+    from django.contrib.admin.models import LogEntry
+    from django.contrib.auth.models import Permission
+
+    staff = django_user_model.objects.create_user("keymaker", password="keymaker-pass-1", is_staff=True)
+    staff.user_permissions.add(*Permission.objects.filter(codename__in=("add_apikey", "view_apikey")))
+    root2 = django_user_model.objects.create_superuser("root2", password="root2-pass-123")
+    client.force_login(staff)
+    for target in (alice, admin_user):
+        response = client.post("/admin/api/apikey/add/", {"user": target.pk, "name": "x"})
+        assert response.status_code == 200 and "Only a superuser may create a key for another user" in (
+            response.content.decode()
+        )
+    assert not ApiKey.objects.exists()
+    response = client.post("/admin/api/apikey/add/", {"user": staff.pk, "name": "mine"})
+    shown = re.search(r"(sk-[A-Za-z0-9_-]{20,})", response.content.decode()).group(1)
+    assert keys.find(shown).user == staff and "no-store" in response["Cache-Control"]
+    assert "messages" not in response.cookies and shown not in str(response.cookies)
+
+    client.force_login(admin_user)
+    refused = client.post("/admin/api/apikey/add/", {"user": root2.pk, "name": "x"})
+    assert "A key for another superuser cannot be made here" in refused.content.decode()
+    made = client.post("/admin/api/apikey/add/", {"user": alice.pk, "name": "for alice"})
+    assert made.status_code == 200 and "messages" not in made.cookies
+    assert ApiKey.objects.filter(user=alice).count() == 1 and not ApiKey.objects.filter(user=root2).exists()
+    entry = LogEntry.objects.filter(user=admin_user).latest("pk")
+    assert "for alice" in entry.get_change_message()
