@@ -351,6 +351,9 @@ INFERENCE_LLAMACPP_PARALLEL = env_int("INFERENCE_LLAMACPP_PARALLEL", 8, minimum=
 # llama.cpp instead of 0.79x), and a 2,000-token prompt is read about a third slower.
 INFERENCE_PREFILL_CHUNK = env_int("INFERENCE_PREFILL_CHUNK", 128, minimum=16)
 INFERENCE_LLAMACPP_BATCH = env_int("INFERENCE_LLAMACPP_BATCH", 64, minimum=16)
+# The largest request body of a page, form or JSON call; uploads and the API have their own
+# (chatsite/bodylimit.py: a larger body is answered 413 before it is read).
+HTTP_MAX_BODY_BYTES = env_int("HTTP_MAX_BODY_BYTES", 3 * 1024 * 1024, minimum=64 * 1024)
 # Developer API (/v1): requests per minute per key (a key may set its own), the largest JSON
 # body of a chat completion, and the most choices (`n`) one request may ask for.
 API_RATE_LIMIT = env_int("API_RATE_LIMIT", 120, minimum=0)

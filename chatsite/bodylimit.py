@@ -1,0 +1,134 @@
+"""Request bodies are bounded before anyone stores them: a body over the largest that its path
+accepts is answered 413 before it is read (issue 24, finding 3).
+
+Two layers, with one table of limits (`limit_for`):
+
+- **daphne** (`guard_daphne`): daphne's request is a twisted `http.Request`, which writes the whole
+  body to a temporary file before the ASGI application is even called; an ASGI wrapper alone
+  would refuse a 400 MB upload only after it sat on disk. Our subclass of daphne's `WebRequest`
+  checks the declared `Content-Length` as soon as the headers are in, and counts the bytes of a
+  chunked body as they arrive; over the limit it writes the 413 and closes the connection,
+  keeping nothing.
+- **ASGI** (`BodyLimit`, around the HTTP application in chatsite/asgi.py): the same check for any
+  other ASGI server, and before Django spools the body to its own temporary file.
+
+The limits: the dataset and file uploads take FINETUNE_MAX_UPLOAD_BYTES (plus the form's fields),
+the evaluation form its 5 MB file, the rest of the OpenAI-compatible API API_MAX_BODY_BYTES, and
+every other path HTTP_MAX_BODY_BYTES (forms, JSON, the admin). A proxy in front should have its
+own limit (docs/deploy.md)."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+from django.conf import settings
+from django.core.exceptions import RequestAborted
+
+FORM_ALLOWANCE = 64 * 1024  # a form's other fields and the multipart headers, besides its file
+MESSAGE = b"The request body is larger than this address accepts (%d bytes at most).\n"
+
+
+def limit_for(path: str) -> int:
+    """The largest body, in bytes, that a request to `path` may send."""
+    from evals.forms import MAX_UPLOAD_BYTES as EVALS_UPLOAD
+
+    if path in ("/v1/files", "/v1/files/", "/finetune/datasets/upload/"):
+        return settings.FINETUNE_MAX_UPLOAD_BYTES + FORM_ALLOWANCE
+    if path == "/evals/":
+        return EVALS_UPLOAD + FORM_ALLOWANCE
+    if path.startswith("/v1/"):
+        return settings.API_MAX_BODY_BYTES
+    return settings.HTTP_MAX_BODY_BYTES
+
+
+def _response(limit: int) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    body = MESSAGE % limit
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]  # fmt: skip
+    return body, headers
+
+
+# --- ASGI ------------------------------------------------------------------------------------
+class BodyLimit:
+    """ASGI middleware: 413 for a declared length over the path's limit, without reading the body;
+    a body that turns out longer (chunked, or a false length) stops Django's read at the limit."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = limit_for(scope["path"])
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return await self._refuse(send, limit)
+        received, started = 0, False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise RequestAborted(f"body over {limit} bytes")  # Django stops reading, answers nothing
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, limited_receive, tracked_send)
+        if received > limit and not started:
+            await self._refuse(send, limit)
+
+    @staticmethod
+    async def _refuse(send, limit: int) -> None:
+        body, headers = _response(limit)
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+# --- daphne ----------------------------------------------------------------------------------
+def guard_daphne() -> None:
+    """Make daphne's HTTP protocol use a request that refuses an oversized body as it arrives.
+    daphne builds each request from its module's `WebRequest` (HTTPFactory.buildProtocol)."""
+    try:
+        from daphne import http_protocol
+    except ImportError:  # another ASGI server: BodyLimit alone
+        return
+    if getattr(http_protocol.WebRequest, "body_limited", False):
+        return
+
+    class LimitedWebRequest(http_protocol.WebRequest):
+        body_limited = True
+
+        def gotLength(self, length):
+            target = urlsplit(getattr(self.channel, "_path", b"/") or b"/").path
+            self._limit = limit_for(unquote(target.decode("latin-1")))
+            self._received = 0
+            self._refused = False
+            if length is not None and length > self._limit:
+                super().gotLength(0)  # nothing will be kept
+                self._refuse()
+                return
+            super().gotLength(length)
+
+        def handleContentChunk(self, data):
+            if self._refused:
+                return
+            self._received += len(data)
+            if self._received > self._limit:
+                self._refuse()
+                return
+            super().handleContentChunk(data)
+
+        def _refuse(self) -> None:
+            self._refused = True
+            body, headers = _response(self._limit)
+            head = b"HTTP/1.1 413 Content Too Large\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+            self.channel.transport.write(head + b"\r\n" + body)
+            self.channel.transport.loseConnection()  # stops reading: the rest of the body is never taken
+
+    http_protocol.WebRequest = LimitedWebRequest
