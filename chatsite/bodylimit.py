@@ -19,11 +19,13 @@ own limit (docs/deploy.md)."""
 
 from __future__ import annotations
 
+import json
 from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
 
+LINGER_S = 1.0  # how long the rest of a refused body is read and dropped before the connection ends
 FORM_ALLOWANCE = 64 * 1024  # a form's other fields and the multipart headers, besides its file
 MESSAGE = b"The request body is larger than this address accepts (%d bytes at most).\n"
 
@@ -41,10 +43,16 @@ def limit_for(path: str) -> int:
     return settings.HTTP_MAX_BODY_BYTES
 
 
-def _response(limit: int) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    body = MESSAGE % limit
-    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]  # fmt: skip
+def _response(path: str, limit: int) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The 413's body and headers: the OpenAI error object on the API, plain text elsewhere."""
+    message = MESSAGE % limit
+    if path.startswith("/v1/"):
+        code = "file_too_large" if path.rstrip("/") == "/v1/files" else "request_too_large"
+        error = {"message": message.decode().strip(), "type": "invalid_request_error", "param": None, "code": code}
+        body, kind = json.dumps({"error": error}).encode(), b"application/json"
+    else:
+        body, kind = message, b"text/plain; charset=utf-8"
+    headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
     return body, headers
 
 
@@ -62,7 +70,7 @@ class BodyLimit:
         limit = limit_for(scope["path"])
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return await self._refuse(send, limit)
+            return await self._refuse(send, scope["path"], limit)
         received, started = 0, False
 
         async def limited_receive():
@@ -81,11 +89,11 @@ class BodyLimit:
 
         await self.app(scope, limited_receive, tracked_send)
         if received > limit and not started:
-            await self._refuse(send, limit)
+            await self._refuse(send, scope["path"], limit)
 
     @staticmethod
-    async def _refuse(send, limit: int) -> None:
-        body, headers = _response(limit)
+    async def _refuse(send, path: str, limit: int) -> None:
+        body, headers = _response(path, limit)
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -106,7 +114,8 @@ def guard_daphne() -> None:
 
         def gotLength(self, length):
             target = urlsplit(getattr(self.channel, "_path", b"/") or b"/").path
-            self._limit = limit_for(unquote(target.decode("latin-1")))
+            self._target = unquote(target.decode("latin-1"))
+            self._limit = limit_for(self._target)
             self._received = 0
             self._refused = False
             if length is not None and length > self._limit:
@@ -124,11 +133,26 @@ def guard_daphne() -> None:
                 return
             super().handleContentChunk(data)
 
+        def process(self):
+            if getattr(self, "_refused", False):
+                return None  # the body that was still coming ended: the 413 has been sent already
+            return super().process()
+
         def _refuse(self) -> None:
+            from twisted.internet import reactor
+
             self._refused = True
-            body, headers = _response(self._limit)
+            body, headers = _response(self._target, self._limit)
             head = b"HTTP/1.1 413 Content Too Large\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in headers)
-            self.channel.transport.write(head + b"\r\n" + body)
-            self.channel.transport.loseConnection()  # stops reading: the rest of the body is never taken
+            transport = self.channel.transport
+            transport.write(head + b"\r\n" + body)
+            # A lingering close, as nginx does: the answer goes out and the write side closes, what
+            # the client still sends for a moment is dropped unkept (a closed socket with unread
+            # data would reset the connection and could lose the answer), then the connection ends.
+            reactor.callLater(LINGER_S, transport.abortConnection)
+            try:
+                transport.loseWriteConnection()
+            except (AttributeError, NotImplementedError):
+                transport.loseConnection()
 
     http_protocol.WebRequest = LimitedWebRequest
