@@ -6,7 +6,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from . import keys
-from .models import ApiKey
+from .models import SCOPES, ApiKey
 
 logger = logging.getLogger(__name__)
 
@@ -17,9 +17,14 @@ class ApiKeyForm(forms.ModelForm):
 
     request = None  # set per request by ApiKeyAdmin.get_form
 
+    scopes = forms.MultipleChoiceField(
+        choices=list(SCOPES.items()), required=False, widget=forms.CheckboxSelectMultiple,
+        help_text="What the key may reach; none ticked: everything.",
+    )  # fmt: skip
+
     class Meta:
         model = ApiKey
-        fields = ("user", "name", "rate_limit")
+        fields = ("user", "name", "rate_limit", "expires_at", "scopes", "read_only")
 
     def clean_user(self):
         target = self.cleaned_data["user"]
@@ -33,6 +38,12 @@ class ApiKeyForm(forms.ModelForm):
                                             "their own.")  # fmt: skip
         return target
 
+    def clean_expires_at(self):
+        value = self.cleaned_data.get("expires_at")
+        if value is not None and value <= timezone.now() and self.instance.pk is None:
+            raise forms.ValidationError("The expiry must be in the future (empty: never).")
+        return value
+
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
@@ -40,13 +51,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
     answers the form: never in a message, which travels in a cookie."""
 
     form = ApiKeyForm
-    list_display = ("prefix", "name", "user", "created_at", "last_used_at", "requests", "prompt_tokens",
-                    "completion_tokens", "rate_limit", "revoked_at")  # fmt: skip
+    list_display = ("prefix", "name", "user", "scope_labels", "read_only", "created_at", "expires_at", "last_used_at",
+                    "requests", "prompt_tokens", "completion_tokens", "rate_limit", "revoked_at")  # fmt: skip
     list_filter = ("revoked_at",)
     search_fields = ("prefix", "name", "user__username")
     list_select_related = ("user",)
     actions = ("revoke",)
-    fields = ("user", "name", "rate_limit")
+    fields = ("user", "name", "rate_limit", "expires_at", "scopes", "read_only")
     autocomplete_fields = ()
 
     def get_form(self, request, obj=None, **kwargs):
@@ -62,10 +73,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if change:
             return super().save_model(request, obj, form, change)
-        row, key = keys.create(obj.user, obj.name, enforce_limit=False)
-        if obj.rate_limit is not None:
-            row.rate_limit = obj.rate_limit
-            row.save(update_fields=["rate_limit"])
+        row, key = keys.create(obj.user, obj.name, enforce_limit=False, expires_at=obj.expires_at, scopes=obj.scopes,
+                               read_only=obj.read_only, rate_limit=obj.rate_limit)  # fmt: skip
         obj.pk = row.pk
         obj.prefix = row.prefix
         request.new_api_key = key  # shown by response_add, once

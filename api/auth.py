@@ -1,4 +1,4 @@
-"""Bearer keys and per-key rate limits for every /v1 view: `@api_view("GET", "POST")`."""
+"""Bearer keys and per-key rate limits for every /v1 view: `@api_view("GET", "POST", scope="files")`."""
 
 from __future__ import annotations
 
@@ -27,12 +27,20 @@ def authenticate(request):
     key = keys.find(value.strip())
     if key is None:
         raise ApiError(401, "Incorrect API key provided (unknown or revoked).", code="invalid_api_key")
-    keys.count_use(key)
+    if key.expired:
+        raise ApiError(401, f"This API key expired on {key.expires_at:%Y-%m-%d %H:%M} UTC; create a new one.",
+                       code="expired_api_key")  # fmt: skip
     return key
 
 
+def check_reach(key, scope: str, method: str) -> None:
+    refused = keys.check_reach(key, scope, method)
+    if refused:
+        raise ApiError(403, refused, code="insufficient_scope")
+
+
 async def check_rate(key) -> None:
-    limit = key.rate_limit if key.rate_limit is not None else settings.API_RATE_LIMIT
+    limit = key.rate_limit or settings.API_RATE_LIMIT  # a key's own limit is 1 or more (models.ApiKey)
     retry = await ratelimit.retry_after(f"apikey-{key.pk}", limit=limit, window=60)
     if retry is not None:
         raise ApiError(
@@ -48,9 +56,11 @@ def _check_method(request, methods) -> None:
         raise ApiError(405, f"Method {request.method} is not allowed here; use {', '.join(methods)}.")
 
 
-def api_view(*methods: str):
-    """Method check, key, rate limit; `request.api_key` and `request.user` set for the view.
-    Works on sync and async views; an ApiError anywhere becomes its JSON answer."""
+def api_view(*methods: str, scope: str):
+    """Method check, key (not expired; its scopes reach `scope`, api/models.SCOPES; read-only keys
+    GET only), rate limit; a request that passed them counts as the key's use. `request.api_key`
+    and `request.user` are set for the view. Works on sync and async views; an ApiError anywhere
+    becomes its JSON answer."""
 
     def decorate(view):
         if iscoroutinefunction(view):
@@ -60,7 +70,9 @@ def api_view(*methods: str):
                 try:
                     _check_method(request, methods)
                     key = await sync_to_async(authenticate)(request)
+                    check_reach(key, scope, request.method)
                     await check_rate(key)
+                    await sync_to_async(keys.count_use)(key)
                     request.api_key, request.user = key, key.user
                     return await view(request, *args, **kwargs)
                 except ApiError as exc:
@@ -73,7 +85,9 @@ def api_view(*methods: str):
                 try:
                     _check_method(request, methods)
                     key = authenticate(request)
+                    check_reach(key, scope, request.method)
                     async_to_sync(check_rate)(key)
+                    keys.count_use(key)
                     request.api_key, request.user = key, key.user
                     return view(request, *args, **kwargs)
                 except ApiError as exc:

@@ -403,7 +403,7 @@ async def stream_events(call: Call, api_key):
 
 
 # --- the view ----------------------------------------------------------------------------------
-@api_view("POST")
+@api_view("POST", scope="chat")
 async def chat_completions(request):
     body = await sync_to_async(parse_body)(request)
     call = await sync_to_async(prepare)(request.user, body)

@@ -202,7 +202,7 @@ def create_run(user, evaluation: Eval, body: dict) -> Run:
 
 
 # --- the views -----------------------------------------------------------------------------------
-@api_view("GET", "POST")
+@api_view("GET", "POST", scope="evals")
 def evals_view(request):
     if request.method == "POST":
         return JsonResponse(eval_object(create_eval(request.user, parse_body(request))))
@@ -211,7 +211,7 @@ def evals_view(request):
     return JsonResponse(pagination.list_body([eval_object(e) for e in rows], has_more))
 
 
-@api_view("GET", "POST", "DELETE")
+@api_view("GET", "POST", "DELETE", scope="evals")
 def eval_view(request, eval_id: str):
     evaluation = _owned_eval(request.user, eval_id)
     if request.method == "POST":
@@ -222,7 +222,7 @@ def eval_view(request, eval_id: str):
     return JsonResponse(eval_object(evaluation))
 
 
-@api_view("GET", "POST")
+@api_view("GET", "POST", scope="evals")
 def runs_view(request, eval_id: str):
     evaluation = _owned_eval(request.user, eval_id)
     if request.method == "POST":
@@ -238,7 +238,7 @@ def runs_view(request, eval_id: str):
     return JsonResponse(pagination.list_body([run_object(r, request) for r in rows], has_more))
 
 
-@api_view("GET", "DELETE")
+@api_view("GET", "DELETE", scope="evals")
 def run_view(request, eval_id: str, run_id: str):
     run = _owned_run(request.user, eval_id, run_id)
     if request.method == "DELETE":
@@ -247,7 +247,7 @@ def run_view(request, eval_id: str, run_id: str):
     return JsonResponse(run_object(run, request))
 
 
-@api_view("POST")
+@api_view("POST", scope="evals")
 def run_cancel_view(request, eval_id: str, run_id: str):
     run = _owned_run(request.user, eval_id, run_id)
     if run.is_finished:
@@ -256,7 +256,7 @@ def run_cancel_view(request, eval_id: str, run_id: str):
     return JsonResponse(run_object(runs.request_cancel(run), request))
 
 
-@api_view("GET")
+@api_view("GET", scope="evals")
 def output_items_view(request, eval_id: str, run_id: str):
     run = _owned_run(request.user, eval_id, run_id)
     page = pagination.page_request(request, ITEM_PREFIX, default_limit=20, max_limit=100, ordered=True)
@@ -270,7 +270,7 @@ def output_items_view(request, eval_id: str, run_id: str):
     return JsonResponse(pagination.list_body([item_object(i, run) for i in rows], has_more))
 
 
-@api_view("GET")
+@api_view("GET", scope="evals")
 def output_item_view(request, eval_id: str, run_id: str, item_id: str):
     run = _owned_run(request.user, eval_id, run_id)
     number = pagination.id_number(item_id, ITEM_PREFIX)

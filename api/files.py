@@ -131,7 +131,7 @@ def file_object(dataset: Dataset) -> dict:
 
 # --- the views ---------------------------------------------------------------------------------
 @limited_upload
-@api_view("GET", "POST")
+@api_view("GET", "POST", scope="files")
 def files(request):
     if request.method == "POST":
         return JsonResponse(file_object(_upload(request)))
@@ -171,7 +171,7 @@ def _upload(request) -> Dataset:
         raise ApiError(400, exc.message, param="file", code="invalid_file") from exc
 
 
-@api_view("GET", "DELETE")
+@api_view("GET", "DELETE", scope="files")
 def file_detail(request, file_id: str):
     dataset = owned_file(request.user, file_id, purpose=None)
     if request.method == "DELETE":
@@ -181,7 +181,7 @@ def file_detail(request, file_id: str):
     return JsonResponse(file_object(dataset))
 
 
-@api_view("GET")
+@api_view("GET", scope="files")
 def file_content(request, file_id: str):
     dataset = owned_file(request.user, file_id, purpose=None)
     if not dataset.path.is_file():

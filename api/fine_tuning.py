@@ -274,7 +274,7 @@ def owned_job(user, job_id) -> Job:
     return job
 
 
-@api_view("GET", "POST")
+@api_view("GET", "POST", scope="fine_tuning")
 def fine_tuning_jobs(request):
     check_may_finetune(request.user)
     if request.method == "POST":
@@ -285,13 +285,13 @@ def fine_tuning_jobs(request):
     return JsonResponse(pagination.list_body([job_object(j) for j in rows], has_more))
 
 
-@api_view("GET")
+@api_view("GET", scope="fine_tuning")
 def fine_tuning_job(request, job_id: str):
     check_may_finetune(request.user)
     return JsonResponse(job_object(owned_job(request.user, job_id)))
 
 
-@api_view("GET")
+@api_view("GET", scope="fine_tuning")
 def fine_tuning_job_events(request, job_id: str):
     check_may_finetune(request.user)
     job = owned_job(request.user, job_id)
@@ -300,7 +300,7 @@ def fine_tuning_job_events(request, job_id: str):
     return JsonResponse(pagination.list_body([event_object(e) for e in rows], has_more))
 
 
-@api_view("GET")
+@api_view("GET", scope="fine_tuning")
 def fine_tuning_job_checkpoints(request, job_id: str):
     check_may_finetune(request.user)
     job = owned_job(request.user, job_id)
@@ -309,7 +309,7 @@ def fine_tuning_job_checkpoints(request, job_id: str):
     return JsonResponse(pagination.list_body(rows, has_more))
 
 
-@api_view("POST")
+@api_view("POST", scope="fine_tuning")
 def fine_tuning_job_cancel(request, job_id: str):
     check_may_finetune(request.user)
     return JsonResponse(job_object(cancel(owned_job(request.user, job_id))))

@@ -4,7 +4,16 @@ fast digest is enough; nothing to brute-force), revoked rather than deleted so u
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
+
+# What a key may reach (empty: everything): `@api_view(..., scope=...)` on each view.
+SCOPES = {
+    "chat": "Chat (chat completions, completions, models)",
+    "files": "Files",
+    "fine_tuning": "Fine-tuning jobs",
+    "evals": "Evaluations",
+}
 
 
 class ApiKey(models.Model):
@@ -13,8 +22,16 @@ class ApiKey(models.Model):
     prefix = models.CharField(max_length=16, help_text="The key's first characters, to recognise it.")
     digest = models.CharField(max_length=64, unique=True)
     rate_limit = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Requests per minute for this key; empty: API_RATE_LIMIT."
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Requests per minute for this key (1 or more); empty: the site's API_RATE_LIMIT.",
     )
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="After this the key answers 401; empty: never.")
+    scopes = models.JSONField(
+        default=list, blank=True, help_text=f"What it may reach, of {', '.join(SCOPES)}; empty: everything."
+    )
+    read_only = models.BooleanField(default=False, help_text="Only GET requests (list and read, never change).")
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -32,3 +49,12 @@ class ApiKey(models.Model):
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    @property
+    def expired(self) -> bool:
+        from django.utils import timezone
+
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    def scope_labels(self) -> str:
+        return ", ".join(self.scopes) if self.scopes else "everything"

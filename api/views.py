@@ -28,12 +28,12 @@ def usable_model(user, model_id) -> LanguageModel:
     return model
 
 
-@api_view("GET")
+@api_view("GET", scope="chat")
 def list_models(request):
     rows = LanguageModel.objects.usable_by(request.user).select_related("owner").order_by("created_at", "pk")
     return JsonResponse({"object": "list", "data": [model_object(m) for m in rows]})
 
 
-@api_view("GET")
+@api_view("GET", scope="chat")
 def retrieve_model(request, model_id: str):
     return JsonResponse(model_object(usable_model(request.user, model_id)))

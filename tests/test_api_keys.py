@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from api import keys
-from api.models import ApiKey
+from api.models import SCOPES, ApiKey
 
 pytestmark = pytest.mark.django_db
 
@@ -130,3 +130,66 @@ def test_who_may_make_a_key_for_whom_and_the_key_is_never_in_a_cookie(client, ad
     assert ApiKey.objects.filter(user=alice).count() == 1 and not ApiKey.objects.filter(user=root2).exists()
     entry = LogEntry.objects.filter(user=admin_user).latest("pk")
     assert "for alice" in entry.get_change_message()
+
+
+def test_a_key_s_expiry_scopes_and_read_only_flag_limit_what_it_reaches(client, alice, settings, tiny_model):
+    """Issue 24, finding 11: keys had no expiry or scopes."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.API_RATE_LIMIT = 0
+    _, chat_only = keys.create(alice, "chat", scopes=["chat"])
+    _, reader = keys.create(alice, "reader", read_only=True)
+    expiring, soon = keys.create(alice, "soon", expires_at=timezone.now() + timedelta(days=1))
+
+    def call(key, method, path, **extra):
+        return getattr(client, method)(path, HTTP_AUTHORIZATION=f"Bearer {key}", **extra)
+
+    assert call(chat_only, "get", "/v1/models").status_code == 200
+    refused = call(chat_only, "get", "/v1/files")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "insufficient_scope"
+    assert "its scopes are chat" in refused.json()["error"]["message"]
+    assert call(reader, "get", "/v1/evals").status_code == 200
+    refused = call(reader, "post", "/v1/evals", data={}, content_type="application/json")
+    assert refused.status_code == 403 and "read-only" in refused.json()["error"]["message"]
+    assert call(soon, "get", "/v1/models").status_code == 200
+    ApiKey.objects.filter(pk=expiring.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    expired = call(soon, "get", "/v1/models")
+    assert expired.status_code == 401 and expired.json()["error"]["code"] == "expired_api_key"
+    with pytest.raises(keys.KeyLimitError, match="Unknown scope"):
+        keys.create(alice, scopes=["everything"])
+
+
+def test_the_keys_page_sets_expiry_scopes_and_read_only(client, alice):
+    client.force_login(alice)
+    page = client.post("/settings/api-keys/", {"name": "nb", "expires_in": "30", "scopes": ["chat", "evals"],
+                                                "read_only": "on"}).content.decode()  # fmt: skip
+    row = ApiKey.objects.get(name="nb")
+    assert row.scopes == ["chat", "evals"] and row.read_only and row.expires_at is not None
+    assert "chat, evals (read-only)" in page
+    client.post("/settings/api-keys/", {"name": "all", "expires_in": "", "scopes": list(SCOPES)})
+    assert ApiKey.objects.get(name="all").scopes == []  # every scope ticked: everything
+    page = client.post("/settings/api-keys/", {"name": "odd", "expires_in": "3"}, follow=True).content.decode()
+    assert "Choose when the key expires" in page and not ApiKey.objects.filter(name="odd").exists()
+
+
+def test_a_rate_limit_of_zero_is_refused_and_a_refused_request_is_not_counted(admin_client, alice, settings):
+    response = admin_client.post("/admin/api/apikey/add/", {"user": alice.pk, "name": "z", "rate_limit": "0"})
+    assert "Ensure this value is greater than or equal to 1" in response.content.decode()
+    assert not ApiKey.objects.filter(name="z").exists()
+    settings.API_RATE_LIMIT = 1
+    row, key = keys.create(alice, "limited")
+    from django.test import Client
+
+    from inference import streams
+
+    redis = streams.client()
+    for stale in redis.scan_iter(f"chat:rate:apikey-{row.pk}:*"):  # an earlier test's key of the same id
+        redis.delete(stale)
+
+    client = Client()
+    assert client.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 200
+    assert client.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 429
+    row.refresh_from_db()
+    assert row.requests == 1  # the refused request is not counted as a use
