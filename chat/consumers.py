@@ -14,16 +14,14 @@ import json
 import logging
 import time
 import uuid
-from importlib import import_module
 
 from autobahn.exception import Disconnected  # what daphne raises on a send after the client left
 from channels.db import aclose_old_connections, database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
-from django.utils.crypto import constant_time_compare
 from redis.exceptions import RedisError
 
+from chatsite import socket_sessions
 from inference import stream_reader, streams
 from inference.protocol import Done
 from presets import quotas
@@ -54,6 +52,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not authenticated:
             return await self.refuse()
         self.sync_subscription = await sync.subscribe(self.user.pk, self._follow_user_events, after)
+        # A socket that only listens still closes (4401) once its session ends elsewhere.
+        self.session_watch = asyncio.create_task(socket_sessions.watch(self.scope, self.refuse))
 
     async def __call__(self, scope, receive, send) -> None:
         # However the socket ends (a disconnect, or its task cancelled by the server or a test
@@ -63,6 +63,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await super().__call__(scope, receive, send)
         finally:
             forwarders = list(getattr(self, "forwarders", {}).values())
+            if getattr(self, "session_watch", None) is not None:
+                forwarders.append(self.session_watch)
             self._stop_background()
             # Nothing of a socket may touch the database after its task ended (a late reap racing
             # a test's table flush deadlocked PostgreSQL's TRUNCATE). So the socket's task waits
@@ -75,14 +77,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     def _stop_background(self) -> None:
         self.closed = True
-        for task in getattr(self, "forwarders", {}).values():
-            task.cancel()
+        for task in [*getattr(self, "forwarders", {}).values(), getattr(self, "session_watch", None)]:
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         if getattr(self, "sync_subscription", None) is not None:
             sync.unsubscribe(self.sync_subscription)
             self.sync_subscription = None
 
     async def refuse(self) -> None:
         """Close with 4401 (not logged in); later frames are ignored."""
+        if self.closed and getattr(self, "refused", False):
+            return
+        self.refused = True
         self._stop_background()
         await self.close(code=4401)
 
@@ -92,7 +98,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None) -> None:
         if self.closed:
             return
-        if not await database_sync_to_async(_session_valid)(self.scope):
+        if not await database_sync_to_async(socket_sessions.session_valid)(self.scope):
             # Logged out or deactivated since the socket opened.
             return await self.refuse()
         try:
@@ -326,26 +332,6 @@ async def _outlast(awaitable, timeout: float) -> None:
         logger.warning("the database thread did not finish a closed socket's work: %r", waiter.exception())
     if cancelled:
         raise asyncio.CancelledError
-
-
-def _session_valid(scope) -> bool:
-    """The socket's user is still logged in (session not flushed), still active, and has not
-    changed their password since (Django logs every session out then: its auth hash no longer
-    matches, as `django.contrib.auth.get_user` checks on each request)."""
-    user = scope.get("user")
-    session = scope.get("session")
-    if user is None or not user.is_authenticated or session is None or not session.session_key:
-        return False
-    # A fresh read: the scope's session was loaded once, when the socket opened.
-    stored = import_module(settings.SESSION_ENGINE).SessionStore(session.session_key)
-    session_hash = stored.get(HASH_SESSION_KEY)
-    if not session_hash or stored.get(SESSION_KEY) != user._meta.pk.value_to_string(user):
-        return False
-    current = get_user_model().objects.filter(pk=user.pk, is_active=True).first()
-    if current is None:
-        return False
-    hashes = [current.get_session_auth_hash(), *current.get_session_auth_fallback_hash()]
-    return any(constant_time_compare(session_hash, h) for h in hashes)
 
 
 def _deeper_than(value, limit: int) -> bool:

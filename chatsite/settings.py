@@ -326,6 +326,9 @@ CHAT_FLUSH_INTERVAL_MS = env_int("CHAT_FLUSH_INTERVAL_MS", 50, minimum=1)
 CHAT_FLUSH_MAX_MS = env_int("CHAT_FLUSH_MAX_MS", 200, minimum=1)
 # How long a finished stream's deltas stay in Redis for resume (seconds).
 CHAT_STREAM_TTL_S = env_int("CHAT_STREAM_TTL_S", 3600, minimum=10)
+# An open websocket re-reads its session this often (seconds) and closes with 4401 once the user
+# logged out elsewhere, changed their password or was deactivated (chatsite/socket_sessions.py).
+SOCKET_SESSION_RECHECK_S = env_float("SOCKET_SESSION_RECHECK_S", 15.0)
 # A worker that has not sent a heartbeat for this long is considered dead.
 INFERENCE_HEARTBEAT_TTL_S = env_int("INFERENCE_HEARTBEAT_TTL_S", 5, minimum=2)
 # A queued reply with no live worker at all is failed after this long.

@@ -2,15 +2,20 @@
 
 Reads the database (the rows are the truth) once a second and sends what is new; closes when
 the job has finished and everything was sent. Owner (or staff) only; origin checked by the
-ASGI router like the chat socket."""
+ASGI router like the chat socket; closed with 4401 once the user's session ends
+(chatsite/socket_sessions.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from chatsite import socket_sessions
 
 from . import progress
 from .models import Job
@@ -41,7 +46,13 @@ class JobProgressConsumer(AsyncJsonWebsocketConsumer):
 
     async def push(self) -> None:
         after_metric = after_event = 0
+        checked = time.monotonic()
         while True:
+            if time.monotonic() - checked >= settings.SOCKET_SESSION_RECHECK_S:
+                checked = time.monotonic()
+                if not await database_sync_to_async(socket_sessions.session_valid)(self.scope):
+                    await self.close(code=4401)  # logged out, password changed or deactivated since
+                    return
             data = await database_sync_to_async(_snapshot)(self.job_id, after_metric, after_event)
             if data is None:
                 await self.close(code=4404)

@@ -538,3 +538,48 @@ def test_a_llamacpp_failure_tells_the_user_its_kind_but_not_its_text_which_may_n
         backend.server = real_server
         backend.close()
     assert [(e.finish_reason, e.error) for e in events] == [("error", "Generation failed (RuntimeError).")]
+
+
+# --- sockets that only listen (issue 24, finding 8) ---------------------------------------------
+async def _receive_close(ws: WebsocketCommunicator, timeout: float = 5) -> dict:
+    """The next close frame, skipping what the socket pushed meanwhile."""
+    while True:
+        message = await ws.receive_output(timeout=timeout)
+        if message["type"] == "websocket.close":
+            return message
+
+
+async def test_a_chat_socket_that_only_listens_is_closed_4401_once_its_session_ends(alice, tiny_model, settings):
+    from django.contrib.sessions.models import Session
+
+    settings.SOCKET_SESSION_RECHECK_S = 0.3
+    ws, connected = await connect(alice)
+    assert connected and await ws.receive_nothing(timeout=0.5)  # still open: the session is good
+    await database_sync_to_async(lambda: Session.objects.all().delete())()  # logged out elsewhere
+    assert await _receive_close(ws) == {"type": "websocket.close", "code": 4401}  # without a frame from it
+
+
+async def test_a_job_socket_is_closed_4401_once_its_user_is_deactivated(alice, tiny_model, settings):
+    from django.contrib.auth.models import Permission
+
+    from finetuning.models import Dataset, Job
+    from tests.socket_client import _session_cookie
+
+    settings.SOCKET_SESSION_RECHECK_S = 0.3
+
+    def make_job() -> int:
+        alice.user_permissions.add(Permission.objects.get(codename="finetune"))
+        dataset = Dataset.objects.create(owner=alice, name="d", original_filename="d.jsonl", format="messages",
+                                         file_name="d.jsonl", sha256="0" * 64, rows=12)  # fmt: skip
+        return Job.objects.create(owner=alice, name="j", base_model=tiny_model, dataset=dataset,
+                                  state=Job.State.RUNNING).pk  # fmt: skip
+
+    job_id = await database_sync_to_async(make_job)()
+    cookie = await _session_cookie(alice)
+    headers = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"), (b"cookie", f"sessionid={cookie}".encode())]
+    ws = WebsocketCommunicator(application, f"/ws/finetune/jobs/{job_id}/", headers=headers)
+    assert (await ws.connect(timeout=10))[0]
+    assert (await ws.receive_json_from(timeout=5))["job"]["id"] == job_id
+    alice.is_active = False
+    await database_sync_to_async(alice.save)(update_fields=["is_active"])
+    assert await _receive_close(ws) == {"type": "websocket.close", "code": 4401}
