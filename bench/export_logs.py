@@ -1,6 +1,7 @@
 """Benchmark: the admin's conversation export (chat/export.py) on 10,000 conversations: time and
-peak Python memory of the streamed JSONL and CSV exports, against reading the same selection
-into memory at once (what the export avoids).
+peak Python memory of the streamed JSONL and CSV exports served as daphne serves them (iterated
+asynchronously), against the same lines as a synchronous body (which Django reads whole under
+ASGI) and against reading the selection into memory at once.
 
     .venv/bin/python bench/export_logs.py [--conversations 10000] [--messages 6]
 
@@ -12,12 +13,14 @@ Markdown report for docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import sys
 import tempfile
 import time
 import tracemalloc
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,21 +90,41 @@ def _timed_and_traced(run) -> tuple[float, float, object]:
     return elapsed, peak / 2**20, result
 
 
-def measure(fmt: str) -> tuple[float, float, int, int]:
-    """(seconds, peak MiB, bytes, lines) of one streamed export of every conversation, read to the
-    end and thrown away as a client download would."""
+def _served(response) -> tuple[int, int]:
+    """(bytes, chunks) of a response read to the end as daphne serves it: Django's ASGI handler
+    iterates it asynchronously (`async for part in response`)."""
+
+    async def read() -> tuple[int, int]:
+        size = chunks = 0
+        async for part in response:
+            size += len(part)
+            chunks += 1
+        return size, chunks
+
+    return asyncio.run(read())
+
+
+def measure(fmt: str, *, sync_body: bool = False) -> tuple[float, float, int, int]:
+    """(seconds, peak MiB, bytes, chunks) of one export of every conversation served as daphne
+    serves it, read to the end and thrown away as a client download would. `sync_body`: the same
+    lines as a synchronous iterator (the export before it streamed under ASGI: Django reads such
+    a body whole before sending it)."""
+    from django.http import StreamingHttpResponse
+
     from chat import export
     from chat.models import Conversation
 
     def download() -> tuple[int, int]:
-        size = lines = 0
-        for chunk in export.response(Conversation.objects.all(), fmt).streaming_content:
-            size += len(chunk)
-            lines += 1
-        return size, lines
+        if sync_body:
+            lines, kind = export.FORMATS[fmt]
+            body = (line.encode() for line in lines(Conversation.objects.all()))
+            return _served(StreamingHttpResponse(body, content_type=kind))
+        return _served(export.response(Conversation.objects.all(), fmt))
 
-    elapsed, peak, (size, lines) = _timed_and_traced(download)
-    return elapsed, peak, size, lines
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Django's warning about consuming a synchronous iterator
+        elapsed, peak, (size, chunks) = _timed_and_traced(download)
+    return elapsed, peak, size, chunks
 
 
 def measure_in_memory() -> tuple[float, float]:
@@ -137,6 +160,7 @@ def main() -> None:
         seed(args.conversations, args.messages)
         seeded = time.perf_counter() - started
         results = {fmt: measure(fmt) for fmt in ("jsonl", "csv")}
+        synchronous = measure("jsonl", sync_body=True)
         in_memory = measure_in_memory()
     total = args.conversations * args.messages
     print("## Conversation log export (bench/export_logs.py)\n")
@@ -146,10 +170,15 @@ def main() -> None:
         f"Python {platform.python_version()}; `CHUNK` = {export.CHUNK} conversations per read "
         f"(seeding took {seeded:.0f} s).\n"
     )
-    print("| export | time | peak Python memory | size | lines |")
+    print("Each export is read to the end as daphne serves it (Django's ASGI handler iterates the response")
+    print("asynchronously).\n")
+    print("| export | time | peak Python memory | size | chunks sent |")
     print("|---|---|---|---|---|")
-    for fmt, (elapsed, peak, size, lines) in results.items():
-        print(f"| {fmt} (streamed) | {elapsed:.1f} s | {peak:.1f} MiB | {size / 2**20:.1f} MiB | {lines:,} |")
+    for fmt, (elapsed, peak, size, chunks) in results.items():
+        print(f"| {fmt} (async body) | {elapsed:.1f} s | {peak:.1f} MiB | {size / 2**20:.1f} MiB | {chunks:,} |")
+    elapsed, peak, size, chunks = synchronous
+    print(f"| jsonl, a synchronous body (before) | {elapsed:.1f} s | {peak:.1f} MiB | {size / 2**20:.1f} MiB | "
+          f"{chunks:,} |")  # fmt: skip
     print(f"| every record in one list (not streamed) | {in_memory[0]:.1f} s | {in_memory[1]:.1f} MiB | | |")
 
 

@@ -1,21 +1,25 @@
 """Conversation logs exported from the admin, streamed: JSONL (one conversation a line, its
 messages inside) and CSV (one message a row). Conversations are read `CHUNK` at a time with their
 messages prefetched per chunk, and each line is written out as soon as it is made, so an export of
-any size holds one chunk in memory, never the whole selection."""
+any size holds one chunk in memory, never the whole selection. The response's body is an async
+iterator (chatsite/streaming.py): under ASGI a synchronous one is read whole before it is sent."""
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from django.db.models import Prefetch, QuerySet
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 
+from chatsite.streaming import async_chunks
+
 from .models import Conversation, Message
 
-CHUNK = 500
+CHUNK = 500  # conversations read at a time
+BATCH_BYTES = 64 * 1024  # sent at a time
 
 CSV_COLUMNS = [
     "conversation_id",
@@ -183,11 +187,7 @@ def response(queryset: QuerySet[Conversation], fmt: str) -> StreamingHttpRespons
         raise ValueError(f"Unknown export format {fmt!r}; use one of: {', '.join(FORMATS)}.")
     lines, content_type = FORMATS[fmt]
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-    streamed = StreamingHttpResponse(_encoded(lines(queryset)), content_type=content_type)
+    streamed = StreamingHttpResponse(async_chunks(lines(queryset), BATCH_BYTES), content_type=content_type)
     streamed["Content-Disposition"] = f'attachment; filename="conversations-{stamp}.{fmt}"'
     return streamed
 
-
-def _encoded(lines: Iterable[str]) -> Iterator[bytes]:
-    for line in lines:
-        yield line.encode("utf-8")

@@ -9,6 +9,7 @@ import io
 import json
 
 import pytest
+from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Permission
 from django.db import connection
@@ -216,6 +217,15 @@ def test_each_reply_shows_its_reproducibility_record(admin_client, logs):
 
 
 # --- export ----------------------------------------------------------------------------------------
+def body(response) -> bytes:
+    """A streamed export read to the end, as daphne does: asynchronously."""
+
+    async def read() -> bytes:
+        return b"".join([part async for part in response.streaming_content])
+
+    return async_to_sync(read)()
+
+
 def run_action(client, action: str, conversations) -> StreamingHttpResponse:
     data = {"action": action, ACTION_CHECKBOX_NAME: [c.pk for c in conversations]}
     return client.post(CONVERSATIONS, data)
@@ -226,7 +236,7 @@ def test_the_jsonl_export_streams_each_conversation_with_its_whole_thread(admin_
     assert response.status_code == 200 and response.streaming
     assert response["Content-Type"].startswith("application/x-ndjson")
     assert response["Content-Disposition"].startswith('attachment; filename="conversations-')
-    lines = [json.loads(line) for line in b"".join(response.streaming_content).decode().splitlines()]
+    lines = [json.loads(line) for line in body(response).decode().splitlines()]
     by_title = {line["title"]: line for line in lines}
     assert set(by_title) == {"Trip to Paris", "Invoice help"}
     paris = by_title["Trip to Paris"]
@@ -249,7 +259,7 @@ def test_the_csv_export_has_one_row_per_message_and_defuses_formulas(admin_clien
     empty = Conversation.objects.create(user=alice, title="Nothing said")
     response = run_action(admin_client, "export_csv", [logs["paris"], sheet, empty])
     assert response.streaming and response["Content-Type"].startswith("text/csv")
-    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    rows = list(csv.DictReader(io.StringIO(body(response).decode())))
     assert [r["message_id"] for r in rows if r["conversation_id"] == str(logs["paris"].pk)] == [
         str(m.pk) for m in logs["paris"].messages.order_by("id")
     ]
@@ -263,17 +273,27 @@ def test_the_csv_export_has_one_row_per_message_and_defuses_formulas(admin_clien
 
 def test_an_export_reads_one_chunk_at_a_time_while_it_is_sent(logs, alice, monkeypatch):
     monkeypatch.setattr(export, "CHUNK", 2)
+    monkeypatch.setattr(export, "BATCH_BYTES", 1)  # each line sent as soon as it is made
     for i in range(5):
         say(Conversation.objects.create(user=alice, title=f"Chat {i}"), "user", f"Message {i}")
     response = export.response(Conversation.objects.all(), "jsonl")  # 7 conversations
-    stream = iter(response.streaming_content)
+    assert response.is_async  # under ASGI a synchronous body would be read whole before it is sent
+
+    async def read(queries) -> tuple[dict, int, int]:
+        stream = response.streaming_content.__aiter__()
+        first = json.loads(await stream.__anext__())
+        reads_then = await sync_to_async(  # counted on the sync thread's connection, where the export reads
+            lambda: len([q for q in queries.captured_queries if 'FROM "chat_message"' in q["sql"]])
+        )()
+        rest = [part async for part in stream]
+        return first, reads_then, len(rest)
+
     with CaptureQueriesContext(connection) as queries:
-        assert json.loads(next(stream))["id"] == Conversation.objects.order_by("pk").first().pk
+        first, reads_then, rest = async_to_sync(read)(queries)
         message_reads = [q for q in queries.captured_queries if 'FROM "chat_message"' in q["sql"]]
-        assert len(message_reads) == 1  # only the first chunk's messages so far
-        rest = list(stream)
-        message_reads = [q for q in queries.captured_queries if 'FROM "chat_message"' in q["sql"]]
-    assert len(rest) == 6
+    assert first["id"] == Conversation.objects.order_by("pk").first().pk
+    assert reads_then == 1  # only the first chunk's messages when the first line left
+    assert rest == 6
     assert len(message_reads) == 4  # ceil(7 / 2) chunks, one prefetch each
 
 
