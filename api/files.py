@@ -12,8 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.conf import settings
-from django.http import FileResponse, JsonResponse
+from django.http import JsonResponse, StreamingHttpResponse
+from django.utils.http import content_disposition_header
 
+from chatsite.streaming import async_chunks, file_blocks
 from evals import files as eval_files
 from evals.errors import EvalError
 from finetuning import datastore
@@ -187,4 +189,8 @@ def file_content(request, file_id: str):
     if not dataset.path.is_file():
         raise ApiError(500, "The file's stored rows are missing on the server.", code="file_missing")
     name = f"{Path(dataset.original_filename).stem or 'rows'}.jsonl"  # the normalized rows, whatever was sent
-    return FileResponse(dataset.path.open("rb"), content_type="application/jsonl", filename=name)
+    # Not a FileResponse: under ASGI Django reads a synchronous body whole before sending it.
+    response = StreamingHttpResponse(async_chunks(file_blocks(dataset.path)), content_type="application/jsonl")
+    response["Content-Disposition"] = content_disposition_header(True, name)
+    response["Content-Length"] = str(dataset.path.stat().st_size)
+    return response

@@ -31,3 +31,10 @@ async def async_chunks(parts: Iterable[str | bytes], batch_bytes: int = BATCH_BY
 
     while chunk := await sync_to_async(take, thread_sensitive=True)():
         yield chunk
+
+
+def file_blocks(path, block: int = BATCH_BYTES):
+    """A file's bytes, a block at a time (closed when read to the end or dropped)."""
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            yield data

@@ -49,6 +49,16 @@ def upload(client, auth: dict, content: bytes, name: str = "rows.jsonl", purpose
     return client.post("/v1/files", {"file": SimpleUploadedFile(name, content), "purpose": purpose}, **auth)
 
 
+def streamed(response) -> bytes:
+    """A streamed body read to the end as daphne reads it: asynchronously."""
+    from asgiref.sync import async_to_sync
+
+    async def read() -> bytes:
+        return b"".join([part async for part in response.streaming_content])
+
+    return async_to_sync(read)()
+
+
 def error_of(response) -> dict:
     assert response["Content-Type"].startswith("application/json"), response.content[:200]
     return response.json()["error"]
@@ -167,7 +177,7 @@ def test_content_answers_the_stored_rows(client, alice_key):
     file_id = upload(client, alice_key, csv, name="rows.csv").json()["id"]
     response = client.get(f"/v1/files/{file_id}/content", **alice_key)
     assert response.status_code == 200 and response["Content-Type"] == "application/jsonl"
-    rows = [json.loads(line) for line in b"".join(response.streaming_content).decode().splitlines()]
+    rows = [json.loads(line) for line in streamed(response).decode().splitlines()]
     assert rows == [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
 
 

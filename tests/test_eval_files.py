@@ -10,7 +10,7 @@ import json
 import pytest
 
 from finetuning.models import Dataset
-from tests.test_api_files import bearer, error_of, grant, jsonl, upload
+from tests.test_api_files import bearer, error_of, grant, jsonl, streamed, upload
 from tests.test_evals import CRITERIA, SCHEMA, execute, make_eval, post, run_url
 
 pytestmark = pytest.mark.django_db
@@ -36,7 +36,7 @@ def test_an_evals_file_is_stored_normalized_and_listed_by_purpose(client, bob_ke
     stored = Dataset.objects.get()
     assert stored.purpose == "evals" and stored.rows == 2 and stored.owner.username == "bob"
     content = client.get(f"/v1/files/{made['id']}/content", **bob_key)
-    lines = [json.loads(line) for line in b"".join(content.streaming_content).decode().splitlines()]
+    lines = [json.loads(line) for line in streamed(content).decode().splitlines()]
     assert lines == [ROWS[0], {"item": ROWS[1]}]
     assert [f["id"] for f in client.get("/v1/files?purpose=evals", **bob_key).json()["data"]] == [made["id"]]
     assert client.get("/v1/files?purpose=fine-tune", **bob_key).json()["data"] == []

@@ -24,6 +24,7 @@ from chat.models import Conversation, Feedback, LanguageModel, Message
 from chat.rendering import render_markdown
 from inference.protocol import Done
 from moderation.models import Event
+from tests.test_api_files import streamed
 
 pytestmark = pytest.mark.django_db
 
@@ -217,15 +218,6 @@ def test_each_reply_shows_its_reproducibility_record(admin_client, logs):
 
 
 # --- export ----------------------------------------------------------------------------------------
-def body(response) -> bytes:
-    """A streamed export read to the end, as daphne does: asynchronously."""
-
-    async def read() -> bytes:
-        return b"".join([part async for part in response.streaming_content])
-
-    return async_to_sync(read)()
-
-
 def run_action(client, action: str, conversations) -> StreamingHttpResponse:
     data = {"action": action, ACTION_CHECKBOX_NAME: [c.pk for c in conversations]}
     return client.post(CONVERSATIONS, data)
@@ -236,7 +228,7 @@ def test_the_jsonl_export_streams_each_conversation_with_its_whole_thread(admin_
     assert response.status_code == 200 and response.streaming
     assert response["Content-Type"].startswith("application/x-ndjson")
     assert response["Content-Disposition"].startswith('attachment; filename="conversations-')
-    lines = [json.loads(line) for line in body(response).decode().splitlines()]
+    lines = [json.loads(line) for line in streamed(response).decode().splitlines()]
     by_title = {line["title"]: line for line in lines}
     assert set(by_title) == {"Trip to Paris", "Invoice help"}
     paris = by_title["Trip to Paris"]
@@ -259,7 +251,7 @@ def test_the_csv_export_has_one_row_per_message_and_defuses_formulas(admin_clien
     empty = Conversation.objects.create(user=alice, title="Nothing said")
     response = run_action(admin_client, "export_csv", [logs["paris"], sheet, empty])
     assert response.streaming and response["Content-Type"].startswith("text/csv")
-    rows = list(csv.DictReader(io.StringIO(body(response).decode())))
+    rows = list(csv.DictReader(io.StringIO(streamed(response).decode())))
     assert [r["message_id"] for r in rows if r["conversation_id"] == str(logs["paris"].pk)] == [
         str(m.pk) for m in logs["paris"].messages.order_by("id")
     ]
