@@ -161,9 +161,7 @@ def prepare(user, body: dict) -> Call:
         raise ApiError(400, "stream_options must be an object.", param="stream_options")
 
     records = []
-    for i, message in enumerate(messages):
-        if message["role"] != "user":
-            continue
+    for i, message in enumerate(messages):  # every role: system and assistant turns are the client's text too
         outcome = moderation_checks.check_input(message["content"])
         records += outcome.records
         if outcome.block is not None:

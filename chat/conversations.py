@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from chatsite.ids import parse_id, parse_signed
 from inference import sampling, streams
+from moderation import checks as moderation_checks
 
 from . import branches, feedback, replies
 from .models import Conversation, LanguageModel, Message
@@ -97,7 +98,11 @@ def update_conversation(conversation: Conversation, data) -> SettingsResult:
                 f"The system prompt is longer than {settings.CHAT_MAX_SYSTEM_PROMPT_CHARS} characters."
             )
         else:
-            changes["system_prompt"] = prompt
+            outcome = moderation_checks.screen(prompt, source="chat", user=conversation.user, conversation=conversation)
+            if outcome.block is not None:
+                errors["system_prompt"] = outcome.refusal.replace("This message", "This system prompt")
+            else:
+                changes["system_prompt"] = outcome.text
     for name in sampling.SAMPLING_FIELDS:
         if name in data:
             changes[name] = _optional_setting(data[name], name, errors)

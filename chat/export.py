@@ -190,4 +190,3 @@ def response(queryset: QuerySet[Conversation], fmt: str) -> StreamingHttpRespons
     streamed = StreamingHttpResponse(async_chunks(lines(queryset), BATCH_BYTES), content_type=content_type)
     streamed["Content-Disposition"] = f'attachment; filename="conversations-{stamp}.{fmt}"'
     return streamed
-

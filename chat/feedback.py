@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from moderation import checks as moderation_checks
+
 from .models import Conversation, Feedback, Message
 
 FIELDS = ("rating", "comment", "edited_content")
@@ -114,10 +116,24 @@ def save(user, message: Message, change: Change) -> Feedback:
     return feedback
 
 
+def check_moderation(user, message: Message, change: Change) -> Change:
+    """The input rules on the comment and the edited answer (text that may reach a training
+    dataset): a block refuses the change, a mask is kept masked."""
+    values = dict(change.values)
+    for name, label in (("comment", "comment"), ("edited_content", "edited answer")):
+        if values.get(name):
+            outcome = moderation_checks.screen(values[name], source="chat", user=user,
+                                               conversation=message.conversation)  # fmt: skip
+            if outcome.block is not None:
+                raise FeedbackError(400, {name: outcome.refusal.replace("This message", f"This {label}")})
+            values[name] = outcome.text
+    return Change(values)
+
+
 def give(user, message_id: int, data) -> Feedback:
     """Check then save: the one entry point for the view (and later the API)."""
     message = owned_reply(user, message_id)
-    return save(user, message, check_change(data))
+    return save(user, message, check_moderation(user, message, check_change(data)))
 
 
 def feedback_json(feedback: Feedback | None) -> dict:

@@ -287,6 +287,10 @@ def start_turn(user, conversation_id, content, model_slug, params, system_prompt
     _check_capacity(user)
     moderated = _check_moderation(user, content, conversation_id)
     content = moderated.text  # masked where a rule says so: the model never sees the match
+    records = moderated.records
+    if system_prompt:  # the client's text as well: the same rules
+        prompt_checked = _check_moderation(user, system_prompt, conversation_id)
+        system_prompt, records = prompt_checked.text, records + prompt_checked.records
     with transaction.atomic():
         # Race: two tabs sending in one conversation at once; the row lock serialises them so
         # the busy check sees the first one's queued reply.
@@ -317,9 +321,7 @@ def start_turn(user, conversation_id, content, model_slug, params, system_prompt
             html=render_markdown(content),
             params={"template": used_template} if used_template else {},
         )
-        moderation_events.record(
-            moderated.records, source="chat", user=user, conversation=conversation, message=user_message
-        )
+        moderation_events.record(records, source="chat", user=user, conversation=conversation, message=user_message)
         return _queue_reply(conversation, user_message, model, resolved)
 
 

@@ -58,6 +58,18 @@ def check_input(text: str) -> InputOutcome:
     return InputOutcome(masked(text, matches), None, records)
 
 
+def screen(text: str, *, source: str, user, conversation=None) -> InputOutcome:
+    """The input rules on a piece of client-supplied text that reaches a model or a dataset
+    besides the message itself (a system prompt, a feedback comment or edited answer): what they
+    matched is recorded at once (a block waits in the review queue). The caller refuses on
+    `outcome.block`, else keeps `outcome.text` (masked where a rule says so)."""
+    from . import events
+
+    outcome = check_input(text)
+    events.record(outcome.records, source=source, user=user, conversation=conversation)
+    return outcome
+
+
 def output_filter():
     """An OutputFilter for one reply, or None when no rule applies to output (nothing held back)."""
     from .streaming import OutputFilter

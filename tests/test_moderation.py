@@ -61,13 +61,51 @@ def test_keywords_match_whole_words_only():
 
 @pytest.mark.parametrize(
     "trick",
-    ["ＳＥＣＲＥＴ", "s\u200becret", "se\u00adcret", "ѕесrеt", "SeCrEt", "s\u200d\u200de\ufeffcret"],
-    ids=["full-width", "zero-width-space", "soft-hyphen", "cyrillic-lookalikes", "mixed-case", "joiners-and-bom"],
+    [
+        "ＳＥＣＲＥＴ",
+        "s\u200becret",
+        "se\u00adcret",
+        "ѕесrеt",
+        "SeCrEt",
+        "s\u200d\u200de\ufeffcret",
+        "se\ufe0fcret",
+        "secr\u034fet",
+        "s\u0336e\u0336c\u0336r\u0336e\u0336t\u0336",
+        "sec\u3164ret",
+        "secrеt",
+        "s\u0435cr\u0435t",
+        "𝐬𝐞𝐜𝐫𝐞𝐭",
+        "sécret",
+    ],
+    ids=[
+        "full-width",
+        "zero-width-space",
+        "soft-hyphen",
+        "cyrillic-lookalikes",
+        "mixed-case",
+        "joiners-and-bom",
+        "variation-selector",
+        "grapheme-joiner",
+        "strikethrough",
+        "hangul-filler",
+        "one-cyrillic-e",
+        "cyrillic-ie",
+        "math-bold",
+        "accent",
+    ],
 )
-def test_unicode_tricks_do_not_hide_a_word(trick):
+def test_unicode_tricks_do_not_hide_a_word(trick):  # issue 24, finding 2: the second line is new
     rule("secret")
     text = f"the {trick} code"
-    assert masked(text, current_rules().find(text, "output")) == "the [removed] code"
+    # (a strikethrough's last overlay mark stays after the mask: invisible, and nothing to the rules)
+    assert normalize(masked(text, current_rules().find(text, "output")))[0] == "the [removed] code"
+
+
+def test_the_unicode_confusables_fold_look_alikes_and_masking_keeps_the_rest():
+    rule("good")
+    text = "a g\u0585\u0585d day, and ΑΒΓ stays"  # Armenian oh (օ), missing from the old hand-written table
+    assert masked(text, current_rules().find(text, "output")) == "a [removed] day, and ΑΒΓ stays"
+    assert normalize("I1l0O")[0] == "i1l0o"  # ASCII is only lowercased: digit patterns keep working
 
 
 def test_rules_apply_only_where_they_are_meant_to():
