@@ -123,6 +123,34 @@ def _sampling(body, model) -> dict:
         raise ApiError(400, exc.message, param=param) from exc
 
 
+RETRY_BUSY_S = 2  # a reply in flight usually ends within seconds
+
+
+def _check_account_room(user, n: int, tokens: int) -> None:
+    """The account's limits, whichever of its keys (or the chat page) asks: replies in flight
+    (every choice counts) and the daily tokens, `n` replies of up to `tokens` reserved now."""
+    try:
+        turns.check_capacity(user, n)
+    except turns.TurnError as exc:
+        raise ApiError(429, exc.message, code="too_many_replies", headers={"Retry-After": str(RETRY_BUSY_S)}) from exc
+    try:
+        quotas.check_daily_tokens(user, quotas.limits_for(user), asked=tokens)
+    except quotas.QuotaExceeded as exc:
+        raise ApiError(
+            429, exc.message, code="insufficient_quota", headers={"Retry-After": str(exc.retry_after)}
+        ) from exc
+
+
+async def check_message_rate(user, body: dict) -> None:
+    """The account's message rate (CHAT_RATE_LIMIT per window, or its user's or group's quota),
+    shared by the chat page and every key of the account; each choice counts as a message."""
+    try:
+        await quotas.check_rate(user, _choices(body))
+    except quotas.QuotaExceeded as exc:
+        raise ApiError(429, exc.message, code="rate_limit_exceeded",
+                       headers={"Retry-After": str(exc.retry_after)}) from exc  # fmt: skip
+
+
 def parse_body(request) -> dict:
     if len(request.body) > settings.API_MAX_BODY_BYTES:
         raise ApiError(413, f"The request body is over {settings.API_MAX_BODY_BYTES} bytes.", code="request_too_large")
@@ -146,12 +174,6 @@ def prepare(user, body: dict) -> Call:
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise ApiError(400, "model is required (an id from GET /v1/models).", param="model")
     model = usable_model(user, body["model"])
-    try:  # the user's daily tokens count chat and API alike (the key's rate limit is its own)
-        quotas.check_daily_tokens(user, quotas.limits_for(user))
-    except quotas.QuotaExceeded as exc:
-        raise ApiError(
-            429, exc.message, code="insufficient_quota", headers={"Retry-After": str(exc.retry_after)}
-        ) from exc
     messages = _messages(body.get("messages"))
     n = _choices(body)
     resolved = _sampling(body, model)
@@ -170,6 +192,7 @@ def prepare(user, body: dict) -> Call:
         message["content"] = outcome.text
 
     with transaction.atomic():
+        _check_account_room(user, n, n * int(resolved.get("max_tokens") or 0))
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         conversation = Conversation.objects.create(
@@ -404,6 +427,7 @@ async def stream_events(call: Call, api_key):
 @api_view("POST", scope="chat")
 async def chat_completions(request):
     body = await sync_to_async(parse_body)(request)
+    await check_message_rate(request.user, body)
     call = await sync_to_async(prepare)(request.user, body)
     await enqueue(call)
     if call.stream:

@@ -11,8 +11,8 @@ from django.conf import settings
 from inference import streams
 
 
-async def retry_after(user_id: int, limit: int | None = None, window: int | None = None) -> int | None:
-    """Count one message for the user; None if allowed, else seconds until the next is.
+async def retry_after(user_id: int, limit: int | None = None, window: int | None = None, amount: int = 1) -> int | None:
+    """Count `amount` messages for the user; None if allowed, else seconds until the next is.
 
     A fixed window per user: `limit` messages per `window` seconds (by default
     `CHAT_RATE_LIMIT` per `CHAT_RATE_WINDOW_S`); a limit of 0 turns it off.
@@ -25,7 +25,7 @@ async def retry_after(user_id: int, limit: int | None = None, window: int | None
     start = math.floor(now / window) * window
     key = f"chat:rate:{user_id}:{int(start)}"
     pipe = streams.async_client().pipeline(transaction=True)
-    pipe.incr(key)
+    pipe.incrby(key, amount)
     pipe.expire(key, window + 1)
     count, _ = await pipe.execute()
     if count <= limit:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
@@ -144,14 +145,21 @@ def _check_params(params, model: LanguageModel, conversation: Conversation | Non
         raise TurnError("invalid_field", exc.message) from exc
 
 
-def _check_capacity(user) -> None:
+def check_capacity(user, wanted: int = 1) -> None:
+    """The account's replies in flight (queued or generating, on the chat page and through every
+    API key alike) plus `wanted` new ones stay within CHAT_MAX_ACTIVE_PER_USER. Inside a
+    transaction, the user's row is locked first, so concurrent requests of one account count
+    each other (PostgreSQL; SQLite's transactions are serialized already)."""
     limit = settings.CHAT_MAX_ACTIVE_PER_USER
+    if transaction.get_connection().in_atomic_block:
+        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
     active = Message.objects.filter(conversation__user=user, status__in=Message.ACTIVE_STATUSES).count()
-    if active >= limit:
+    if active + wanted > limit:
+        more = f" and this asks for {wanted}" if wanted > 1 else ""
         raise TurnError(
             "too_many_replies",
-            f"You already have {active} replies being generated (the limit is {limit}). "
-            "Wait for one to finish or stop one, then send again.",
+            f"You already have {active} replies being generated{more} (the limit is {limit} at once, chat and API "
+            "together). Wait for one to finish or stop one, then send again.",
         )
 
 
@@ -284,7 +292,7 @@ def start_turn(user, conversation_id, content, model_slug, params, system_prompt
         content, used_template = _fill_template(template)
     content = _check_content(content)
     system_prompt = _check_system_prompt(system_prompt)
-    _check_capacity(user)
+    check_capacity(user)
     moderated = _check_moderation(user, content, conversation_id)
     content = moderated.text  # masked where a rule says so: the model never sees the match
     records = moderated.records
@@ -329,7 +337,7 @@ def regenerate(user, message_id) -> Turn:
     """Queue a new reply in place of the latest finished assistant reply of a conversation. The
     old reply stays until the new one is queued (`Turn.replaces`; see `drop_replaced`)."""
     message = owned_message(user, message_id)
-    _check_capacity(user)
+    check_capacity(user)
     with transaction.atomic():
         conversation = _locked_owned_conversation(user, message.conversation_id)
         shown = conversation.messages.filter(replaced_at__isnull=True)
@@ -364,7 +372,7 @@ def edit(user, message_id, content, model_slug=None, params=None) -> Turn:
     message = owned_message(user, message_id)
     if message.role != Message.Role.USER:
         raise TurnError("not_editable", "Only your own messages can be edited; regenerate a reply instead.")
-    _check_capacity(user)
+    check_capacity(user)
     moderated = _check_moderation(user, content, message.conversation_id)
     content = moderated.text
     with transaction.atomic():

@@ -382,7 +382,7 @@ MODERATION_STREAM_WINDOW = env_int("MODERATION_STREAM_WINDOW", 64, minimum=8)
 # Extra folders (comma-separated) a "local folder" model may be loaded from, besides MODEL_DIR.
 INFERENCE_MODEL_ROOTS = [p for p in env_str("INFERENCE_MODEL_ROOTS", "").split(",") if p.strip()]
 # Most replies one user may have queued or generating at once, across conversations.
-CHAT_MAX_ACTIVE_PER_USER = env_int("CHAT_MAX_ACTIVE_PER_USER", 3, minimum=1)
+CHAT_MAX_ACTIVE_PER_USER = env_int("CHAT_MAX_ACTIVE_PER_USER", 4, minimum=1)
 
 # --- Fine-tuning -----------------------------------------------------------------------------
 # Datasets, job checkpoints and logs; tuned models are written under MODEL_DIR/tuned.

@@ -9,6 +9,7 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db.models import F, Sum
@@ -72,11 +73,17 @@ def day_start(now: dt.datetime | None = None) -> dt.datetime:
 
 def tokens_today(user, now: dt.datetime | None = None) -> int:
     """Prompt + completion tokens of the user's replies since midnight UTC (the conversation's
-    user index, then its messages' conversation index)."""
-    total = Message.objects.filter(
+    user index, then its messages' conversation index); a reply still queued or generating counts
+    as its new-token cap, reserved until it ends and settles at what it used."""
+    replies = Message.objects.filter(
         conversation__user=user, role=Message.Role.ASSISTANT, created_at__gte=day_start(now)
-    ).aggregate(total=Sum(Coalesce(F("prompt_tokens"), 0) + Coalesce(F("completion_tokens"), 0)))["total"]
-    return int(total or 0)
+    )
+    total = replies.exclude(status__in=Message.ACTIVE_STATUSES).aggregate(
+        total=Sum(Coalesce(F("prompt_tokens"), 0) + Coalesce(F("completion_tokens"), 0))
+    )["total"]
+    in_flight = replies.filter(status__in=Message.ACTIVE_STATUSES).values_list("params", flat=True)
+    reserved = sum(int((params or {}).get("max_tokens") or 0) for params in in_flight)
+    return int(total or 0) + reserved
 
 
 def _when(seconds: int) -> str:
@@ -87,33 +94,43 @@ def _when(seconds: int) -> str:
     return f"{hours} h {minutes} min" if hours else f"{max(minutes, 1)} min"
 
 
-def check_daily_tokens(user, limits: Limits, now: dt.datetime | None = None) -> None:
-    """Raise QuotaExceeded when the user has used their daily tokens."""
+def check_daily_tokens(user, limits: Limits, now: dt.datetime | None = None, asked: int = 0) -> None:
+    """Raise QuotaExceeded when the user has used their daily tokens, or when `asked` more
+    (replies about to be queued, at their new-token caps) would pass them."""
     if limits.daily_tokens <= 0:
         return
     now = now or timezone.now()
     used = tokens_today(user, now)
-    if used < limits.daily_tokens:
+    if used < limits.daily_tokens and (not asked or used + asked <= limits.daily_tokens):
         return
     reset = day_start(now) + dt.timedelta(days=1)
     wait = max(1, math.ceil((reset - now).total_seconds()))
-    raise QuotaExceeded(
-        "quota_exceeded",
-        f"You have used your daily token quota ({used} of {limits.daily_tokens} tokens today). "
-        f"It resets at {reset:%H:%M} UTC; retry in {_when(wait)}.",
-        wait,
-    )
+    if used < limits.daily_tokens:
+        said = (f"This request may use up to {asked} tokens and {limits.daily_tokens - used} of your daily "
+                f"{limits.daily_tokens} are left (replies in progress count at their caps): ask for fewer max_tokens "
+                f"or choices, or wait for the quota to reset at {reset:%H:%M} UTC.")  # fmt: skip
+    else:
+        said = (f"You have used your daily token quota ({used} of {limits.daily_tokens} tokens today). "
+                f"It resets at {reset:%H:%M} UTC; retry in {_when(wait)}.")  # fmt: skip
+    raise QuotaExceeded("quota_exceeded", said, wait)
+
+
+async def check_rate(user, count: int = 1) -> Limits:
+    """Count `count` messages against the account's message rate (the chat page and every API key
+    of the account alike); raise QuotaExceeded when over it. Returns the user's limits."""
+    limits = await sync_to_async(limits_for)(user)  # from an API view too: not channels' connection closing
+    wait = await ratelimit.retry_after(user.pk, limits.messages_per_window, limits.window_s, amount=count)
+    if wait is not None:
+        raise QuotaExceeded(
+            "rate_limited",
+            f"You are sending messages too fast (limit {limits.messages_per_window} per {limits.window_s} s, "
+            f"the chat page and API keys together). Retry in {wait} s.",
+            wait,
+        )
+    return limits
 
 
 async def check(user) -> None:
     """Count one message against the user's limits; raise QuotaExceeded if over either."""
-    limits = await database_sync_to_async(limits_for)(user)
-    wait = await ratelimit.retry_after(user.pk, limits.messages_per_window, limits.window_s)
-    if wait is not None:
-        raise QuotaExceeded(
-            "rate_limited",
-            f"You are sending messages too fast (limit {limits.messages_per_window} per {limits.window_s} s). "
-            f"Retry in {wait} s.",
-            wait,
-        )
+    limits = await check_rate(user)
     await database_sync_to_async(check_daily_tokens)(user, limits)
