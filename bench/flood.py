@@ -34,12 +34,13 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
 from bench.run import one_reply, wait_idle  # noqa: E402
+from inference.loading import PACKAGED_SLUG  # noqa: E402
 
 KEYS = 5
 
 
 def flood_request(stack, key: str) -> tuple[int, str, str]:
-    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Tell me a long story about the sea."}],
+    body = {"model": PACKAGED_SLUG, "messages": [{"role": "user", "content": "Tell me a long story about the sea."}],
             "max_tokens": 200, "temperature": 0, "stream": True}  # fmt: skip
     response = requests.post(f"{stack.url}v1/chat/completions", json=body, timeout=600, stream=True,
                              headers={"Authorization": f"Bearer {key}"})  # fmt: skip
