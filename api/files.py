@@ -89,6 +89,10 @@ def store(user, path: Path, filename: str) -> Dataset:
     try:
         analysis = datastore.analyze(path, filename, base, user.pk)
     except DatasetError as exc:
+        if exc.busy:
+            raise ApiError(
+                429, str(exc), param="file", code="upload_in_progress", headers={"Retry-After": "5"}
+            ) from exc
         raise ApiError(400, str(exc), param="file", code="invalid_file") from exc
     if analysis.error_count:
         datastore.discard(user.pk, analysis.token)

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,11 +31,17 @@ MAGIC = {
 BOM = b"\xef\xbb\xbf"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 MAX_DIGITS = 4300  # Python's own limit for int("...")
+MAX_OBJECT_DOCUMENT_CHARS = 5_000_000  # a .json object around its rows is parsed whole: only this large
 CSV_DELIMITERS = ",;\t"
 
 
 class DatasetError(ValueError):
-    """The whole file cannot be used; the message says why and what to do."""
+    """The whole file cannot be used; the message says why and what to do. `busy`: not the
+    file's fault, another upload of the account is being checked (retry shortly)."""
+
+    def __init__(self, message: str, *, busy: bool = False) -> None:
+        super().__init__(message)
+        self.busy = busy
 
 
 @dataclass
@@ -226,6 +233,16 @@ def _read_json(path: Path, max_rows: int, *, strict: bool) -> tuple[list, list[R
         if strict:
             raise
         raise _NotOneDocument from None  # JSON Lines report bad UTF-8 by line
+    if text.lstrip().startswith("["):
+        return _read_json_array(text, max_rows, strict=strict)
+    if len(text) > MAX_OBJECT_DOCUMENT_CHARS:
+        if not strict:
+            raise _NotOneDocument
+        raise DatasetError(
+            f"A .json file over {MAX_OBJECT_DOCUMENT_CHARS // 1_000_000} MB must be a list of rows, "
+            '[{"messages": [...]}, ...] (or JSON Lines, one row per line): an object around the rows is read '
+            "whole, and that is only done for smaller files."
+        )
     try:
         data = _loads(text)
     except json.JSONDecodeError as exc:
@@ -244,6 +261,51 @@ def _read_json(path: Path, max_rows: int, *, strict: bool) -> tuple[list, list[R
     if len(data) > max_rows:
         raise _too_many(max_rows)
     return [(row, i, f"item {i}") for i, row in enumerate(data, start=1)], []
+
+
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _read_json_array(text: str, max_rows: int, *, strict: bool) -> tuple[list, list[RowError]]:
+    """A top-level JSON array read one row at a time (json's raw_decode from each row's start),
+    so that the row limit stops the parse at its row: a file of millions of tiny objects is
+    refused after max_rows of them, never held whole as Python objects."""
+    rows, at = [], _SPACE.match(text, 1 + text.index("[")).end()
+    if text.startswith("]", at):
+        at += 1
+    else:
+        while True:
+            if len(rows) >= max_rows:
+                raise _too_many(max_rows)
+            try:
+                value, at = _DECODER.raw_decode(text, at)
+            except (ValueError, RecursionError) as exc:
+                if not strict:
+                    raise _NotOneDocument from exc
+                if isinstance(exc, json.JSONDecodeError):
+                    raise DatasetError(f"The file is not valid JSON: {exc.msg} at line {exc.lineno}, "
+                                       f"column {exc.colno}.") from exc  # fmt: skip
+                raise DatasetError(f"The file cannot be read: {_json_problem(exc)}.") from exc
+            rows.append((value, len(rows) + 1, f"item {len(rows) + 1}"))
+            at = _SPACE.match(text, at).end()
+            if text.startswith("]", at):
+                at += 1
+                break
+            if not text.startswith(",", at):
+                return _bad_array(text, at, strict)
+            at = _SPACE.match(text, at + 1).end()
+    if _SPACE.match(text, at).end() != len(text):
+        return _bad_array(text, at, strict)
+    return rows, []
+
+
+def _bad_array(text: str, at: int, strict: bool):
+    if not strict:
+        raise _NotOneDocument
+    line = text.count("\n", 0, at) + 1
+    column = at - text.rfind("\n", 0, at)
+    raise DatasetError(f"The file is not valid JSON: expected ',' or ']' at line {line}, column {column}.")
 
 
 def _read_csv(path: Path, max_line_bytes: int, max_rows: int) -> tuple[list, list[RowError]]:

@@ -3,6 +3,7 @@ person decides, then store them as a dataset (the file and its row, both or neit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,7 +18,9 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from redis.exceptions import RedisError
 
+from inference import streams
 from inference.loading import ModelLoadError, ModelSpec, load_tokenizer
 from inference.models import LanguageModel
 
@@ -97,8 +100,33 @@ def measured_tokens_per_s(model: LanguageModel) -> tuple[float, bool]:
     return settings.FINETUNE_ESTIMATE_TOKENS_PER_S, False
 
 
+ANALYSIS_LOCK_S = 600  # an analysis that died holding its account's turn frees it after this
+
+
 def analyze(path: Path, filename: str, base_model: LanguageModel, owner_id: int) -> Analysis:
-    """Check the uploaded file; the good rows are staged under a token. Raises DatasetError."""
+    """Check the uploaded file; the good rows are staged under a token. Raises DatasetError.
+    One analysis per account at a time (the studio page and every API key alike): a second one
+    meanwhile is refused (DatasetError.busy), so one account cannot fill the web process with
+    parses."""
+    lock = f"finetune:analysis:{owner_id}"
+    try:
+        taken = streams.client().set(lock, "1", nx=True, ex=ANALYSIS_LOCK_S)
+    except RedisError:
+        taken = True  # Redis briefly away: check the file anyway (the size limits still hold)
+        lock = None
+    if not taken:
+        raise datasets.DatasetError(
+            "Another of your uploads is being checked; wait for it to finish, then upload this one.", busy=True
+        )
+    try:
+        return _analyze(path, filename, base_model, owner_id)
+    finally:
+        if lock is not None:
+            with contextlib.suppress(RedisError):
+                streams.client().delete(lock)
+
+
+def _analyze(path: Path, filename: str, base_model: LanguageModel, owner_id: int) -> Analysis:
     parsed = datasets.parse_file(
         path, filename, max_bytes=settings.FINETUNE_MAX_UPLOAD_BYTES, max_rows=settings.FINETUNE_MAX_ROWS
     )

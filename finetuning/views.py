@@ -86,7 +86,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         analysis = datastore.analyze(_local_path(uploaded), uploaded.name, base, request.user.pk)
     except DatasetError as exc:
         context["error"] = str(exc)
-        return render(request, "finetuning/upload.html", context, status=400)
+        return render(request, "finetuning/upload.html", context, status=429 if exc.busy else 400)
     if analysis.error_count == 0:
         dataset = datastore.save(request.user, analysis.token, context["name"])
         messages.success(request, f"Saved {dataset.rows} rows as {dataset.name!r}.")

@@ -8,7 +8,6 @@ reserved at n × max_tokens when a call is queued."""
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
