@@ -129,3 +129,26 @@ def test_the_api_s_413_is_an_openai_error_object(stack):
                              headers={"Content-Type": "application/json"})  # fmt: skip
     assert response.status_code == 413, response.text
     assert response.json()["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.stack
+def test_a_45_mb_upload_of_tiny_objects_gets_a_clear_report_and_daphne_stays_small(stack):
+    """Issue 24, finding 4: `[{},{},...]` used to take about 1.2 GB of daphne's memory for 45 MB."""
+
+    def peak_mb() -> float:  # the process's highest resident memory so far
+        status = open(f"/proc/{stack.daphne_pid}/status").read().splitlines()
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 1024
+
+    stack.create_user("uploader", "live-password-123")
+    stack.run_manage("shell", "-c", "from django.contrib.auth.models import Permission, User\n"
+                     "User.objects.get(username='uploader').user_permissions.add("
+                     "Permission.objects.get(codename='finetune'))\n")  # fmt: skip
+    key = stack.run_manage("createapikey", "uploader").strip().splitlines()[-1]
+    body = b"[" + b",".join([b"{}"] * 15_000_000) + b"]"  # 45 MB
+    before = peak_mb()
+    response = requests.post(f"{stack.url}v1/files", files={"file": ("tiny.json", body)}, data={"purpose": "fine-tune"},
+                             headers={"Authorization": f"Bearer {key}"}, timeout=300)  # fmt: skip
+    grown = peak_mb() - before
+    assert response.status_code == 400 and "rows; split it into smaller files" in response.json()["error"]["message"]
+    assert grown < 400, grown
+    assert requests.get(f"{stack.url}accounts/login/", timeout=10).status_code == 200
