@@ -13,7 +13,6 @@ import secrets
 import shutil
 import uuid
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 from django.conf import settings
@@ -21,7 +20,7 @@ from django.db import transaction
 from redis.exceptions import RedisError
 
 from inference import streams
-from inference.loading import ModelLoadError, ModelSpec, load_tokenizer
+from inference.loading import ModelLoadError, tokenizer_of
 from inference.models import LanguageModel
 
 from . import datasets, encoding
@@ -67,14 +66,9 @@ def datasets_dir() -> Path:
     return path
 
 
-@lru_cache(maxsize=4)
-def _tokenizer(spec: ModelSpec):
-    return load_tokenizer(spec, settings.MODEL_DIR)
-
-
 def tokenizer_for(model: LanguageModel):
     try:
-        return _tokenizer(ModelSpec.of(model))
+        return tokenizer_of(model)
     except ModelLoadError as exc:
         raise datasets.DatasetError(f"Could not read the tokenizer of {model.name}: {exc}") from exc
 

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -189,6 +190,19 @@ def load_tokenizer(spec: ModelSpec, model_dir: Path):
     if getattr(tokenizer, "chat_template", None) is None:
         raise ModelLoadError(f"Model {spec.slug!r} has no chat template in its tokenizer; pick an instruct model.")
     return tokenizer
+
+
+@lru_cache(maxsize=4)
+def _cached_tokenizer(spec: ModelSpec, model_dir: str):
+    return load_tokenizer(spec, Path(model_dir))
+
+
+def tokenizer_of(row):
+    """The tokenizer of a LanguageModel row, loaded once per process and model version (a few MB;
+    the web process counts prompts with it). Raises ModelLoadError."""
+    from django.conf import settings
+
+    return _cached_tokenizer(ModelSpec.of(row), str(settings.MODEL_DIR))
 
 
 def choose_device(device: str) -> str:

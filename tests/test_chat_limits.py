@@ -125,3 +125,21 @@ def test_a_conversation_with_an_enabled_model_shows_no_notice(alice, small_model
     conversation = Conversation.objects.create(user=alice, title="Fine", model=small_model)
     config, html = page_config(alice, conversation.get_absolute_url())
     assert config["disabledModel"] is None and 'data-testid="model-notice"' not in html
+
+
+async def test_a_message_the_estimate_lets_through_is_counted_exactly_near_the_limit(alice, tiny_model):
+    """Issue 25, item 6: a message estimated under the limit (by characters) but over it in the
+    model's real tokens created a conversation and an error reply. Near the limit the socket counts
+    with the model's own tokenizer, and the refusal stores nothing."""
+    content = "€ " * 600  # 1,200 characters: about 437 tokens by the estimate, against 512
+    assert limits.prompt_tokens(content, "") < tiny_model.max_input_tokens
+    exact = await database_sync_to_async(limits.exact_prompt_tokens)(content, "", tiny_model)
+    assert exact > tiny_model.max_input_tokens
+    ws, _ = await connect(alice)
+    await send(ws, {"type": "chat.send", "content": content, "model": "tiny"})
+    frame = await receive(ws)
+    assert frame["type"] == "chat.error" and frame["code"] == "message_too_long", frame
+    assert f"The message is {exact} tokens" in frame["message"]
+    assert await database_sync_to_async(Message.objects.count)() == 0
+    assert await database_sync_to_async(Conversation.objects.count)() == 0
+    await ws.disconnect()

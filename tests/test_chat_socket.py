@@ -265,19 +265,21 @@ async def test_a_message_longer_than_the_model_accepts_is_refused_with_its_size(
     await send(ws, {"type": "chat.send", "content": "lorem ipsum " * 400, "params": {"max_tokens": 4}})
     refused = await receive(ws)
     assert refused["type"] == "chat.error" and refused["code"] == "message_too_long"
-    assert re.search(r"about \d+ tokens .* accepts at most 512", refused["message"])
+    assert re.search(r"is \d+ tokens .* accepts at most 512", refused["message"])
     assert await database_sync_to_async(Message.objects.count)() == 0  # nothing stored, nothing failed
     await ws.disconnect()
 
 
-async def test_a_message_the_estimate_lets_through_is_still_refused_by_the_worker_with_its_size(alice, worker):
-    # 300 emoji are ~100 tokens by the characters-per-token estimate but 600 for the tokenizer.
+async def test_a_message_the_estimate_lets_through_is_refused_by_its_real_tokens_before_anything_is_stored(
+    alice, worker
+):
+    # 300 emoji are ~110 tokens by the characters-per-token estimate but 600 for the tokenizer.
     ws, _ = await connect(alice)
     await send(ws, {"type": "chat.send", "content": "\N{SLIGHTLY SMILING FACE}" * 300, "params": {"max_tokens": 4}})
-    started = await receive(ws)
-    _, done = await until_done(ws, started["message"])
-    assert done["finish_reason"] == "error"
-    assert "this model accepts at most 512" in done["error"]
+    refused = await receive(ws)
+    assert refused["type"] == "chat.error" and refused["code"] == "message_too_long", refused
+    assert "accepts at most 512" in refused["message"]
+    assert await database_sync_to_async(Message.objects.count)() == 0  # no conversation, no error reply
     await ws.disconnect()
 
 
