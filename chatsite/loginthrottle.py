@@ -1,10 +1,12 @@
 """Login throttling: failed logins counted per username and per client address in Redis, so that the
 limit holds across every daphne process.
 
-Each counter is a sorted set of failure times (a sliding window): after `LOGIN_FAILURE_LIMIT`
-failures within `LOGIN_FAILURE_WINDOW_S` seconds, for one username or from one address, further
-attempts are refused without checking the password until enough of those failures are older than
-the window. Refused attempts are not counted, so a locked-out user is never locked out for longer.
+Each counter is a sorted set of failure times (a sliding window). A username is strict: after
+`LOGIN_FAILURE_LIMIT` failures within `LOGIN_FAILURE_WINDOW_S` seconds, further attempts for it are
+refused without checking the password until enough of those failures are older than the window.
+An address counts the distinct usernames that failed from it: after `LOGIN_ADDRESS_USERNAME_LIMIT`
+of them within the window (someone trying many accounts), every attempt from it is refused. So one
+person's typos lock out their own username, never the office behind the same address. Refused attempts are not counted, so a locked-out user is never locked out for longer.
 A successful login clears its username's failures (not its address's). If Redis is unreachable,
 logins are not throttled (a warning is logged) rather than refused.
 """
@@ -53,9 +55,17 @@ def client_ip(request: HttpRequest | None) -> str | None:
     return None
 
 
+def _limits() -> list[int]:
+    """The limit of each counter of `_keys`: the username's failures, the address's usernames."""
+    return [settings.LOGIN_FAILURE_LIMIT, settings.LOGIN_ADDRESS_USERNAME_LIMIT]
+
+
+def key_of_username(username: str) -> str:
+    return hashlib.sha256(username.casefold().encode()).hexdigest()
+
+
 def _keys(username: str, ip: str | None) -> list[str]:
-    digest = hashlib.sha256(username.casefold().encode()).hexdigest()
-    keys = [f"login:failures:user:{digest}"]
+    keys = [f"login:failures:user:{key_of_username(username)}"]
     if ip:
         address = ipaddress.ip_address(ip)
         if address.version == 6:
@@ -82,9 +92,9 @@ def retry_after(username: str, ip: str | None) -> int | None:
         return None
     waits = [
         # Allowed again once all but limit - 1 of the failures in the window have left it.
-        failures[len(failures) - limit][1] + window - now
-        for failures in counters
-        if len(failures) >= limit
+        failures[len(failures) - key_limit][1] + window - now
+        for failures, key_limit in zip(counters, _limits(), strict=False)
+        if key_limit > 0 and len(failures) >= key_limit
     ]
     if not waits:
         return None
@@ -99,8 +109,12 @@ def record_failure(username: str, ip: str | None) -> None:
     now = time.time()
     try:
         pipe = _client(settings.REDIS_URL).pipeline(transaction=True)
-        for key in _keys(username, ip):
-            pipe.zadd(key, {uuid.uuid4().hex: now})
+        keys = _keys(username, ip)
+        for key in keys:
+            # The username's counter keeps every failure; the address's one member per username
+            # (its latest failure), so it counts the usernames tried from there.
+            member = uuid.uuid4().hex if key == keys[0] else key_of_username(username)
+            pipe.zadd(key, {member: now})
             pipe.zremrangebyscore(key, "-inf", now - window)
             pipe.expire(key, window + 1)
         pipe.execute()

@@ -253,11 +253,15 @@ CONTENT_SECURITY_POLICY = env_str(
 )
 
 # --- Login throttling (chatsite/loginthrottle.py) ------------------------------------------
-# After LOGIN_FAILURE_LIMIT failed logins for one username, or from one client address, within
+# After LOGIN_FAILURE_LIMIT failed logins for one username within
 # LOGIN_FAILURE_WINDOW_S seconds, further attempts are refused, the password unchecked, until
 # enough of those failures are older than the window. 0 turns the limit off.
 LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=0)
 LOGIN_FAILURE_WINDOW_S = env_int("LOGIN_FAILURE_WINDOW_S", 300, minimum=1)
+# From one client address: after failed logins for this many distinct usernames within the window
+# (password spraying), every attempt from it is refused; one person's typos never lock out the
+# others behind the same address (an office's NAT).
+LOGIN_ADDRESS_USERNAME_LIMIT = env_int("LOGIN_ADDRESS_USERNAME_LIMIT", 10, minimum=0)
 
 # --- Redis: channel layer, token streams, inference queue, Celery broker -------------------
 # Unset: the run command starts a private Redis on this unix socket (never port 6379).
