@@ -266,6 +266,9 @@ def test_in_the_browser_upload_check_start_and_watch_the_chart_move(stack, tmp_p
         page.get_by_test_id("hp-batch_size").fill("1")
         page.get_by_test_id("start-job").click()
         expect(page.get_by_test_id("job-state")).to_have_attribute("data-state", "running", timeout=120_000)
+        cancel = page.get_by_test_id("cancel-job")  # its label reads: not red on red (issue 25, item 2)
+        colors = cancel.evaluate("b => [getComputedStyle(b).color, getComputedStyle(b).backgroundColor]")
+        assert colors[0] != colors[1] and cancel.inner_text() == "Cancel", colors
         # The chart moves: more points as the socket pushes steps.
         expect(page.locator("#chart canvas").first).to_be_visible(timeout=60_000)
         first = page.get_by_test_id("job-step").text_content()
