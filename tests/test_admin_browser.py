@@ -163,3 +163,32 @@ def test_a_reply_page_shows_it_rendered_with_its_reproducibility_record(page, st
     expect(content.locator(".chat-log-record")).to_contain_text("25.0 tokens/s")
     assert "**" not in content.inner_text()
     assert page.evaluate("document.documentElement.scrollWidth") <= VIEWPORT["width"]
+
+
+def test_the_admin_home_s_serving_links_stay_on_one_line(page):
+    """Issue 25, item 14: they wrapped one letter per line."""
+    page.goto("/admin/")
+    for name in ("Inference metrics", "Usage dashboard"):
+        link = page.get_by_role("link", name=name)
+        box = link.bounding_box()
+        line = link.evaluate("a => parseFloat(getComputedStyle(a).lineHeight) || 20")
+        assert box["height"] <= line * 1.5 and box["width"] > box["height"], (name, box)
+
+
+def test_the_api_keys_page_is_styled_and_copies_a_new_key(page, stack):
+    """Issue 25, item 14: the page was unstyled, with no copy button."""
+    page.goto("/settings/api-keys/")
+    page.get_by_test_id("key-name").fill("browser")
+    page.get_by_test_id("create-key").click()
+    key = page.get_by_test_id("new-key")
+    expect(key).to_have_value(re.compile(r"^sk-"))
+    copy = page.get_by_test_id("copy-key")
+    expect(copy).to_be_visible()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    copy.click()
+    expect(copy).to_have_text("Copied")
+    main = page.locator("main.api-keys").bounding_box()
+    assert main["x"] >= 8  # not against the left edge
+    create = page.get_by_test_id("create-key")
+    background = create.evaluate("b => getComputedStyle(b).backgroundColor")
+    assert background not in ("rgba(0, 0, 0, 0)", "rgb(239, 239, 239)"), background  # not the browser's default
