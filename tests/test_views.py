@@ -521,3 +521,13 @@ def test_a_nul_character_in_a_title_or_a_search_is_never_a_server_error(alice, a
     assert response.status_code in (200, 400)
     response = client.get(reverse("chat:conversation_list"), {"q": "a\x00b"})
     assert response.status_code in (200, 400)
+
+
+def test_an_unknown_or_deleted_conversation_gets_a_styled_404_with_a_way_back(client, alice):
+    """Issue 25, item 9: a bare, unstyled "Not Found"."""
+    client.force_login(alice)
+    response = client.get("/c/999999/")
+    page = response.content.decode()
+    assert response.status_code == 404
+    assert 'data-testid="error-page"' in page and "chat/chat.css" in page and 'data-testid="error-home"' in page
+    assert 'data-testid="username"' in page  # the site's header, with the account
