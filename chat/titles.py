@@ -2,8 +2,8 @@
 boundary (`cut`); once its first reply is complete, the model that wrote it is asked for a short
 title in the background (an inference request of its own, sink "chat.title", with the background
 priority: it runs only when no person's reply wants the worker, and gives way to one that
-arrives), so no reply is ever delayed. It is built from the first exchange only (each side cut to
-PROMPT_CHARS) and capped at CHAT_TITLE_MAX_TOKENS; one still waiting after CHAT_TITLE_WAIT_S (a
+arrives), so no reply is ever delayed. It is built from the person's first message only (cut to
+PROMPT_CHARS: a title names what was asked, not what the model answered) and capped at CHAT_TITLE_MAX_TOKENS; one still waiting after CHAT_TITLE_WAIT_S (a
 machine that stays busy) is dropped, and the cut title stays. The title replaces the cut one unless the user renamed the conversation first;
 every tab's sidebar follows (a chat.sync "renamed" event). A failed or empty answer, one cut by
 CHAT_TITLE_MAX_TOKENS or one longer than MAX_WORDS words keeps the cut title: the packaged
@@ -37,7 +37,7 @@ TITLE_CHARS = 60
 MAX_WORDS = 8  # a longer answer is a sentence, not a title: the cut title stays
 PROMPT_CHARS = 500  # of the first message and of the reply, at most, in the title request (a short read)
 SYSTEM = "You write short titles. A title has two to five words."
-ASK = "Write a title of two to five words for this conversation. Answer with the title only."
+ASK = "Write a title of two to five words for what this person asks. Answer with the title only."
 
 
 def cut(content: str) -> str:
@@ -74,7 +74,10 @@ def conversation_id_of(request_id_: str) -> int | None:
 
 
 def build_request(conversation: Conversation, question: str, answer: str, model) -> Request:
-    text = f"Conversation:\nUser: {question[:PROMPT_CHARS]}\nAssistant: {answer[:PROMPT_CHARS]}\n\n{ASK}"
+    """The title request: the person's first message alone (a title names what was asked; from the
+    reply, small models titled themselves: "I'm an AI assistant for all things tech"). `answer`
+    only says that the first reply is complete."""
+    text = f"{ASK}\n\nThe person asks:\n{question[:PROMPT_CHARS]}"
     return Request(
         id=request_id(conversation.pk),
         model=model.slug,
