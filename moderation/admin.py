@@ -15,14 +15,15 @@ class RuleAdmin(admin.ModelAdmin):
     list_filter = ("enabled", "action", "applies_to", "kind")
     list_editable = ("enabled",)
     search_fields = ("name", "pattern", "category")
-    fields = ("name", "kind", "pattern", "applies_to", "action", "category", "replacement", "enabled")
+    fields = ("name", "kind", "pattern", "word_forms", "applies_to", "action", "category", "replacement", "enabled")
 
 
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
     """The review queue: pending first (filter by status), newest first."""
 
-    list_display = ("created_at", "status", "action", "stage", "rule_name", "category", "excerpt", "user", "thread")
+    list_display = ("created_at", "status", "action", "stage", "rule_name", "count", "category", "excerpt", "user",
+                    "thread")  # fmt: skip
     list_filter = ("status", "action", "stage", "source", "category")
     search_fields = ("excerpt", "rule_name", "user__username")
     list_select_related = ("user", "conversation")

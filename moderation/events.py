@@ -10,10 +10,19 @@ REVIEWED_ACTIONS = (Rule.Action.BLOCK, Rule.Action.FLAG)
 
 
 def record(records: list[dict], *, source: str, user=None, conversation=None, message=None) -> list[Event]:
-    """One Event per match record (matching.Match.record); blocks and flags wait for review,
-    masks are only logged. Rules deleted meanwhile keep their name on the event."""
+    """One Event per rule and stage of the text (matching.Match.record), with how many times it
+    matched (a reply with the word 8 times is one row to review, not 8); blocks and flags wait for
+    review, masks are only logged. Rules deleted meanwhile keep their name on the event."""
     if not records:
         return []
+    grouped: dict[tuple, dict] = {}
+    for r in records:
+        key = (r.get("rule"), r["rule_name"], r["stage"], r["action"])
+        if key in grouped:
+            grouped[key]["count"] += 1
+        else:
+            grouped[key] = {**r, "count": 1}
+    records = list(grouped.values())
     existing = set(
         Rule.objects.filter(pk__in=[r["rule"] for r in records if r.get("rule")]).values_list("pk", flat=True)
     )
@@ -30,6 +39,7 @@ def record(records: list[dict], *, source: str, user=None, conversation=None, me
             conversation=conversation,
             message=message,
             status=Event.Status.PENDING if r["action"] in REVIEWED_ACTIONS else Event.Status.LOGGED,
+            count=r["count"],
         )
         for r in records
     ]

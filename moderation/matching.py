@@ -129,7 +129,7 @@ def compile_rule(rule, window: int = 200) -> CompiledRule:
     if rule.kind == "keyword":
         pattern = keyword_pattern(rule.pattern)
         keyword = normalize(rule.pattern)[0].strip()
-        word_start, word_end = _wordy(keyword[0]), _wordy(keyword[-1])
+        word_start, word_end = _wordy(keyword[0]), _wordy(keyword[-1]) and not getattr(rule, "word_forms", False)
         reach = len(keyword) + 4 * keyword.count(" ")  # room for extra spaces between its words
     else:
         pattern = rule.pattern

@@ -32,7 +32,15 @@ class Rule(models.Model):
     pattern = models.CharField(
         max_length=500,
         help_text="A keyword or phrase, or a regular expression (RE2: no look-around or back-references). "
-        "Matching ignores case, width (full-width letters), zero-width characters and common look-alike letters.",
+        'A keyword matches whole words only: "banana" does not match "bananas" unless "Longer words too" '
+        "is ticked. Matching ignores case, width (full-width letters), accents, invisible characters and "
+        "look-alike letters.",
+    )
+    word_forms = models.BooleanField(
+        "Longer words too",
+        default=False,
+        help_text='A keyword also matches words that start with it: plurals and other forms ("banana" matches '
+        '"bananas", "bananarama"). Keywords only.',
     )
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.KEYWORD)
     applies_to = models.CharField(max_length=10, choices=AppliesTo.choices, default=AppliesTo.BOTH)
@@ -98,6 +106,7 @@ class Event(models.Model):
         "chat.Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="moderation_events"
     )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    count = models.PositiveIntegerField(default=1, help_text="How many times the rule matched in this text.")
     reviewed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

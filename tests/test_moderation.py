@@ -261,3 +261,22 @@ def test_the_rule_form_shows_why_a_pattern_is_refused(admin_client):
     )
     assert response.status_code == 200 and b"look-around" in response.content
     assert not Rule.objects.exists()
+
+
+def test_a_keyword_matches_whole_words_unless_longer_words_are_asked_for():
+    """Issue 25, item 13."""
+    strict = rule("banana", action="flag")
+    text = "two bananas and a banana"
+    assert [m.text for m in current_rules().find(text, "input")] == ["banana"]
+    strict.delete()
+    rule("banana", action="flag", word_forms=True)
+    assert [m.text for m in current_rules().find(text, "input")] == ["banana", "banana"]  # "banana(s)" and "banana"
+
+
+def test_the_review_queue_has_one_row_per_rule_and_text_with_its_count(alice):
+    from moderation import events
+
+    rule("spam", action="flag")
+    outcome = check_input("spam " * 8)
+    made = events.record(outcome.records, source="chat", user=alice)
+    assert len(made) == 1 and made[0].count == 8 and Event.objects.get().count == 8
