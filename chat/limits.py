@@ -4,9 +4,9 @@ The model's real limit is in tokens (`LanguageModel.max_input_tokens`: system pr
 older turns are dropped first). The page estimates a text's tokens from its length with one
 ratio, `CHAT_CHARS_PER_TOKEN`, chosen to err on the safe side (bench/token_counter.py measures it
 against the packaged model's tokenizer on prose, code and mixed text), plus the chat template's
-few tokens per message. The socket counts exactly with the model's own tokenizer and chat
-template (`exact_prompt_tokens`), so a message that cannot fit is refused before anything is
-stored.
+few tokens per message. The socket counts with the model's own tokenizer (`exact_prompt_tokens`:
+its tokenizer.json through the `tokenizers` library, a millisecond a message; the template's few
+tokens a message added), so a message that cannot fit is refused before anything is stored.
 """
 
 from __future__ import annotations
@@ -34,28 +34,17 @@ def prompt_tokens(content: str, system_prompt: str) -> int:
 
 
 def exact_prompt_tokens(content: str, system_prompt: str, model) -> int | None:
-    """The tokens of the newest turn's prompt (the system prompt and the message, in the model's
-    chat template) by the model's own tokenizer; None when it cannot be loaded here."""
-    from inference.loading import ModelLoadError, tokenizer_of
-    from inference.prompts import apply_template
+    """The tokens of the newest turn's prompt by the model's own tokenizer (the system prompt and
+    the message, plus the chat template's TEMPLATE_TOKENS a message); None when the model has no
+    tokenizer file here (inference/loading.py `fast_tokenizer_of`)."""
+    from inference.loading import fast_tokenizer_of
 
-    try:
-        tokenizer = tokenizer_of(model)
-    except ModelLoadError:
+    tokenizer = fast_tokenizer_of(model)
+    if tokenizer is None:
         return None
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
-    return len(apply_template(tokenizer, [*messages, {"role": "user", "content": content}]))
-
-
-def warm(model) -> None:
-    """Load the model's tokenizer now (once per process), so that counting a prompt inside a
-    database transaction is only the counting. Best effort."""
-    from inference.loading import ModelLoadError, tokenizer_of
-
-    try:
-        tokenizer_of(model)
-    except ModelLoadError:
-        pass
+    texts = [content, system_prompt] if system_prompt.strip() else [content]
+    encoded = tokenizer.encode_batch(texts, add_special_tokens=False)
+    return sum(len(e.ids) for e in encoded) + TEMPLATE_TOKENS * len(texts)
 
 
 def prompt_tokens_checked(content: str, system_prompt: str, model) -> int:

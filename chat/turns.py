@@ -120,20 +120,6 @@ def _check_model(user, slug, conversation: Conversation | None, *, switch_disabl
     return model
 
 
-def _warm_tokenizer(user, model_slug, conversation_id, content: str) -> None:
-    """Before the transaction: load the tokenizer of the model the message will likely use (once
-    per process), so the exact count inside the transaction is quick."""
-    try:
-        conversation = (
-            Conversation.objects.select_related("model").filter(pk=parse_id(conversation_id), user=user).first()
-            if conversation_id is not None
-            else None
-        )
-        limits.warm(_check_model(user, model_slug, conversation, switch_disabled=False))
-    except TurnError:
-        pass  # refused inside, with its reason
-
-
 def _check_prompt_length(content: str, system_prompt: str, model: LanguageModel) -> None:
     """Refuse, before anything is stored, a message that cannot fit the model's input limit
     (counted exactly near the limit: chat/limits.py)."""
@@ -313,7 +299,6 @@ def start_turn(user, conversation_id, content, model_slug, params, system_prompt
     if system_prompt:  # the client's text as well: the same rules
         prompt_checked = _check_moderation(user, system_prompt, conversation_id)
         system_prompt, records = prompt_checked.text, records + prompt_checked.records
-    _warm_tokenizer(user, model_slug, conversation_id, content)
     with transaction.atomic():
         # Race: two tabs sending in one conversation at once; the row lock serialises them so
         # the busy check sees the first one's queued reply.
@@ -390,7 +375,6 @@ def edit(user, message_id, content, model_slug=None, params=None) -> Turn:
     check_capacity(user)
     moderated = _check_moderation(user, content, message.conversation_id)
     content = moderated.text
-    _warm_tokenizer(user, model_slug, message.conversation_id, content)
     with transaction.atomic():
         conversation = _locked_owned_conversation(user, message.conversation_id)
         _check_not_busy(conversation)

@@ -192,6 +192,34 @@ def load_tokenizer(spec: ModelSpec, model_dir: Path):
     return tokenizer
 
 
+@lru_cache(maxsize=8)
+def _fast_tokenizer(path: str, mtime: float):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(path)
+
+
+def fast_tokenizer_of(row):
+    """The model's fast tokenizer (its tokenizer.json, read by the `tokenizers` library alone: no
+    transformers and no torch in the web process, a few MB), loaded once per process and file; None
+    when the model has none here (a hub id, a GGUF-only folder, the packaged model not converted yet)."""
+    from django.conf import settings
+
+    try:
+        if row.source == "packaged":
+            folder = packaged_model_dir(Path(settings.MODEL_DIR))
+        elif row.source == "local":
+            folder = check_location(row.location)
+        else:
+            return None
+    except ModelLoadError:
+        return None
+    file = folder / "tokenizer.json"
+    if not file.is_file():
+        return None
+    return _fast_tokenizer(str(file), file.stat().st_mtime)
+
+
 @lru_cache(maxsize=4)
 def _cached_tokenizer(spec: ModelSpec, model_dir: str):
     return load_tokenizer(spec, Path(model_dir))

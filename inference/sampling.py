@@ -40,8 +40,8 @@ class Rule:
             raise SettingsError(name, f"{name} must be a whole number. {self.help}")
         too_low = value <= self.lo if self.lo_open else value < self.lo
         if too_low or value > self.hi:
-            low = f"above {self.lo:g}" if self.lo_open else f"from {self.lo:g}"
-            raise SettingsError(name, f"{name} must be {low} to {self.hi:g}. {self.help}")
+            span = f"above {self.lo:g} and at most {self.hi:g}" if self.lo_open else f"from {self.lo:g} to {self.hi:g}"
+            raise SettingsError(name, f"{name} must be {span}. {self.help}")
         return int(value) if self.integer else float(value)
 
 

@@ -332,6 +332,15 @@ def test_sidebar_renames_searches_and_deletes_a_conversation(page, stack):
     page.get_by_test_id("search").fill(marker)
     expect(page.get_by_test_id("conversation-item")).to_have_count(0)
 
+    # A new chat's settings are checked by the same bounds before "Will be saved" (issue 25, item 7).
+    if not page.get_by_test_id("temperature").is_visible():
+        page.get_by_test_id("settings-toggle").click()
+    page.get_by_test_id("temperature").fill("5")
+    page.get_by_test_id("settings-save").click()
+    expect(page.get_by_test_id("temperature-error")).to_contain_text("temperature must be from 0 to 2")
+    expect(page.get_by_test_id("settings-status")).not_to_contain_text("Will be saved")
+    page.get_by_test_id("temperature").fill("")
+
 
 def test_settings_panel_keeps_top_k_and_the_repetition_penalty_after_a_reload(page):
     sent: list[dict] = []

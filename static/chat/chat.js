@@ -907,9 +907,16 @@
     var value = Number(text);
     if (isNaN(value)) return field.name + " must be a number.";
     if (field.integer && !/^-?\d+$/.test(text)) return field.name + " must be a whole number.";
-    if (!field.saved && (value < Number(field.min) || value > Number(field.max))) {
-      // Never sent to the settings endpoint, so checked here before it goes with a message.
-      return field.name + " must be a whole number from " + field.min + " to " + field.max + ".";
+    // The seed is never sent to the settings endpoint, and a new chat's settings are only saved with
+    // its first message: both are checked here, by the bounds the server checks (inference/sampling.py).
+    if (field.saved && state.conversation) return "";
+    var input = $(field.id);
+    var max = field.max !== "" && field.max != null ? Number(field.max) : (input.max ? Number(input.max) : null);
+    var min = Number(field.min);
+    var tooLow = field.loOpen ? value <= min : value < min;
+    if (tooLow || (max !== null && value > max)) {
+      var span = field.loOpen ? "above " + field.min + " and at most " + max : "from " + field.min + " to " + max;
+      return field.name + " must be " + (field.integer ? "a whole number " : "") + span + ".";
     }
     return "";
   }
