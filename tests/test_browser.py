@@ -482,4 +482,15 @@ def test_two_tabs_of_one_user_stay_in_sync(page, stack):
     wait_finished(send(page, "A brand new chat."))
     fresh = conversation_id(page)
     expect(other.locator(f'[data-testid="conversation-item"][data-conversation-id="{fresh}"]')).to_be_visible()
+
+    # Deleted in one tab: the other, showing it, goes to a new chat with the message being typed
+    # and says why (issue 25, item 8).
+    other.goto(f"/c/{fresh}/")
+    wait_connected(other)
+    other.get_by_test_id("composer-input").fill("half a thought")
+    page.request.post(f"/api/conversations/{fresh}/delete/", data="{}",
+                      headers={"X-CSRFToken": token, "Content-Type": "application/json", "Referer": stack.url})  # fmt: skip
+    expect(other).to_have_url(stack.url, timeout=15_000)
+    expect(other.get_by_test_id("error-banner")).to_contain_text("deleted in another tab")
+    expect(other.get_by_test_id("composer-input")).to_have_value("half a thought")
     other.close()

@@ -115,6 +115,19 @@
     els.banner.hidden = false;
   }
 
+  /** Coming here from a conversation deleted in another tab (leaveDeleted): say so, and give the
+   * message that was being typed back to the box. */
+  function restoreAfterDeleted() {
+    var left = null;
+    try {
+      left = JSON.parse(sessionStorage.getItem("chat-left") || "null");
+      sessionStorage.removeItem("chat-left");
+    } catch (e) { left = null; }
+    if (!left) return;
+    showError(left.reason);
+    if (left.draft && !els.input.value) els.input.value = left.draft;
+  }
+
   function hideError() {
     els.banner.hidden = true;
     els.bannerText.textContent = "";
@@ -1462,12 +1475,21 @@
       var item = conversationItem(id);
       if (item) item.remove();
       els.listEmpty.hidden = els.list.children.length > 0;
-      if (id === state.conversation) showError("This conversation was deleted in another tab.");
+      if (id === state.conversation) leaveDeleted("This conversation was deleted in another tab.");
     } else if (frame.event === "deleted_all") {
       els.list.innerHTML = "";
       els.listEmpty.hidden = false;
-      if (state.conversation) showError("Your conversations were deleted in another tab.");
+      if (state.conversation) leaveDeleted("Your conversations were deleted in another tab.");
     }
+  }
+
+  /** The conversation shown was deleted elsewhere: go to a new chat (a message being typed goes
+   * with it, and the new page says why), rather than keep a thread that can take nothing. */
+  function leaveDeleted(reason) {
+    try {
+      sessionStorage.setItem("chat-left", JSON.stringify({ reason: reason, draft: els.input.value }));
+    } catch (e) { /* storage off: the reason is lost, the move still happens */ }
+    window.location.href = els.newChat.getAttribute("href");
   }
 
   function onStarted(frame) {
@@ -1685,6 +1707,7 @@
     attachFeedback(assistants[a]);
   }
   attachEditButtons();
+  restoreAfterDeleted();
   countMessage();
   if (config.activeMessage) {
     // A reply was still generating when the page loaded: replay it from the start.
