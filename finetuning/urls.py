@@ -14,4 +14,5 @@ urlpatterns = [
     path("jobs/<int:job_id>/", views.job_detail, name="job"),
     path("jobs/<int:job_id>/progress.json", views.job_progress, name="job_progress"),
     path("jobs/<int:job_id>/cancel/", views.cancel_job, name="cancel_job"),
+    path("jobs/<int:job_id>/files/<path:name>", views.job_file, name="job_file"),
 ]

@@ -9,14 +9,16 @@ from functools import wraps
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from chatsite.ids import parse_id
+from chatsite.streaming import async_chunks, file_blocks
 from inference.models import LanguageModel
 
-from . import datastore, hyperparameters, jobs, progress
+from . import datastore, downloads, hyperparameters, jobs, progress
 from .datasets import DatasetError
 from .models import Dataset, Job
 from .uploads import limited_upload
@@ -226,8 +228,27 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     return render(
         request,
         "finetuning/job.html",
-        {"job": job, "snapshot": progress.snapshot(job), "comparison": job.evaluation.get("comparison")},
+        {
+            "job": job,
+            "snapshot": progress.snapshot(job),
+            "comparison": job.evaluation.get("comparison"),
+            "files": downloads.files_of(job.result_model) if job.result_model else [],
+        },
     )
+
+
+@finetuner_required
+@require_GET
+def job_file(request: HttpRequest, job_id: int, name: str) -> StreamingHttpResponse:
+    """One file of the job's tuned model, streamed (finetuning/downloads.py)."""
+    job = _owned_job(request, job_id)
+    path = downloads.file_of(job.result_model, name) if job.result_model else None
+    if path is None:
+        raise Http404("No such file of this job's model.")
+    response = StreamingHttpResponse(async_chunks(file_blocks(path)), content_type="application/octet-stream")
+    response["Content-Disposition"] = content_disposition_header(True, f"{job.result_model.slug}-{path.name}")
+    response["Content-Length"] = str(path.stat().st_size)
+    return response
 
 
 @finetuner_required

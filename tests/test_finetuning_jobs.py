@@ -220,3 +220,39 @@ def test_a_tuned_model_never_takes_over_an_existing_model_s_id(job, alice, bob, 
     assert created.result_model == model
     # Registering again (a retried job) keeps its own row rather than making a third.
     assert runner.register(created, exported).pk == model.pk and runner.model_slug(created) == slug
+
+
+def test_the_job_page_offers_its_model_s_files_streamed_to_its_owner_only(
+    job, alice, bob, tiny_model, settings, tmp_path
+):
+    """Issue 25, item 3: a tuned model's files sat only on the server's disk."""
+    from django.test import Client
+
+    from inference.models import LanguageModel
+    from tests.test_api_files import grant, streamed
+
+    settings.MODEL_DIR = tmp_path
+    folder = tmp_path / "tuned" / "dl-ft1"
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "adapter" / "adapter_config.json").write_text("{}")
+    (folder / "dl-ft1.Q8_0.gguf").write_bytes(b"GGUF" + b"\0" * 300_000)
+    (tmp_path / "secret.txt").write_text("not the model's")
+    (folder / "escape").symlink_to(tmp_path / "secret.txt")
+    created, _ = job
+    created.result_model = LanguageModel.objects.create(name="dl", slug="dl-ft1", source="local",
+                                                        location="tuned/dl-ft1", owner=alice)  # fmt: skip
+    created.state = created.State.SUCCEEDED
+    created.save()
+    grant(alice)
+    client = Client()
+    client.force_login(alice)
+    page = client.get(f"/finetune/jobs/{created.pk}/").content.decode()
+    assert "adapter/adapter_config.json" in page and "dl-ft1.Q8_0.gguf" in page and "escape" not in page
+    response = client.get(f"/finetune/jobs/{created.pk}/files/dl-ft1.Q8_0.gguf")
+    assert response.status_code == 200 and response.streaming and response["Content-Length"] == "300004"
+    assert streamed(response).startswith(b"GGUF") and "dl-ft1-dl-ft1.Q8_0.gguf" in response["Content-Disposition"]
+    for name in ("escape", "../../secret.txt", "adapter/../../secret.txt", "nothing.bin"):
+        assert client.get(f"/finetune/jobs/{created.pk}/files/{name}").status_code == 404
+    grant(bob)
+    client.force_login(bob)
+    assert client.get(f"/finetune/jobs/{created.pk}/files/dl-ft1.Q8_0.gguf").status_code == 404  # not his job
