@@ -49,6 +49,18 @@ def default(name: str, method: str):
     return value[method] if isinstance(value, dict) else value
 
 
+def describe(resolved: dict) -> str:
+    """Settings as a person reads them: "epochs 8, learning rate 0.0002, batch size 8, …"."""
+    parts = []
+    for name, value in resolved.items():
+        label = RULES[name].label if name in RULES else name.replace("_", " ")
+        label = label if label.startswith("LoRA") else label[0].lower() + label[1:]
+        if name == "validation_split":
+            value = f"{value:.0%}"
+        parts.append(f"{label} {value:g}" if isinstance(value, float) else f"{label} {value}")
+    return ", ".join(parts)
+
+
 def resolve(method: str, asked: dict | None) -> dict:
     """The settings a job runs with: what was asked, else the default. Raises HyperparameterError."""
     asked = dict(asked or {})

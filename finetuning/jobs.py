@@ -53,7 +53,7 @@ def create(owner, *, name: str, base_model: LanguageModel, dataset: Dataset, met
         job = Job.objects.create(
             owner=owner, name=name, base_model=base_model, dataset=dataset, method=method, hyperparameters=resolved
         )
-        job.log(f"Queued: {method}, {dataset.rows} rows, settings {resolved}.")
+        job.log(f"Queued: {method}, {dataset.rows} rows; {hyperparameters.describe(resolved)}.")
         transaction.on_commit(lambda: enqueue(job.pk))
     return job
 

@@ -5,6 +5,7 @@ see all); another user's ids answer 404."""
 from __future__ import annotations
 
 from functools import wraps
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib import messages
@@ -106,6 +107,36 @@ def _local_path(uploaded):
     from pathlib import Path
 
     return Path(uploaded.temporary_file_path())
+
+
+EXAMPLE = Path(__file__).resolve().parent / "data" / "example_lighthouse.jsonl"
+
+
+@finetuner_required
+@require_GET
+def example_dataset(request: HttpRequest) -> HttpResponse:
+    """The example dataset that ships with the project, as a download."""
+    response = HttpResponse(EXAMPLE.read_bytes(), content_type="application/jsonl")
+    response["Content-Disposition"] = content_disposition_header(True, EXAMPLE.name)
+    return response
+
+
+@finetuner_required
+@require_POST
+def use_example(request: HttpRequest) -> HttpResponse:
+    """One click: the example dataset checked and saved as the person's own, then its page."""
+    base = LanguageModel.default()
+    if base is None:
+        messages.error(request, "No model is enabled to measure the rows with; ask an administrator.")
+        return redirect("finetuning:studio")
+    try:
+        analysis = datastore.analyze(EXAMPLE, EXAMPLE.name, base, request.user.pk)
+        dataset = datastore.save(request.user, analysis.token, "Lighthouse example")
+    except DatasetError as exc:
+        messages.error(request, str(exc))
+        return redirect("finetuning:studio")
+    messages.success(request, f"Saved the example's {dataset.rows} rows as {dataset.name!r}: start a job with it.")
+    return redirect("finetuning:dataset", dataset.pk)
 
 
 @finetuner_required

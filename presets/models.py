@@ -106,7 +106,9 @@ class Quota(models.Model):
     )
     group = models.OneToOneField(Group, null=True, blank=True, on_delete=models.CASCADE, related_name="quota")
     messages_per_window = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Messages per CHAT_RATE_WINDOW_S seconds; empty: inherit; 0: unlimited."
+        null=True,
+        blank=True,
+        help_text="Messages per rate window (a minute unless the site sets another); empty: inherit; 0: unlimited.",
     )
     daily_tokens = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Prompt + completion tokens per UTC day; empty: inherit; 0: unlimited."

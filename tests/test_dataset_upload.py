@@ -128,3 +128,24 @@ def test_one_analysis_per_account_at_a_time(tmp_path, alice, tiny_model):
         streams.client().delete(f"finetune:analysis:{alice.pk}")
     assert datastore.analyze(path, "rows.jsonl", tiny_model, alice.pk).good_rows == 1
     assert not streams.client().exists(f"finetune:analysis:{alice.pk}")  # freed when done
+
+
+def test_the_example_dataset_downloads_and_is_used_in_one_click(client, alice, tiny_model, settings, tmp_path):
+    """Issue 25, item 4: the empty studio page pointed to a path in the repository."""
+    from django.contrib.auth.models import Permission
+
+    from finetuning.models import Dataset
+
+    settings.FINETUNE_DIR = tmp_path / "finetuning"
+    alice.user_permissions.add(Permission.objects.get(codename="finetune"))
+    client.force_login(alice)
+    page = client.get("/finetune/").content.decode()
+    assert 'data-testid="use-example"' in page and "finetuning/data/" not in page
+    download = client.get("/finetune/datasets/example.jsonl")
+    assert download.status_code == 200 and download.content.count(b"\n") == 60
+    response = client.post("/finetune/datasets/use-example/")
+    dataset = Dataset.objects.get(owner=alice)
+    assert response.status_code == 302 and response["Location"] == f"/finetune/datasets/{dataset.pk}/"
+    assert dataset.rows == 60 and dataset.name == "Lighthouse example"
+    page = client.get(response["Location"]).content.decode()
+    assert "FINETUNE_" not in page and "a first guess" in page
