@@ -27,7 +27,7 @@ from inference.protocol import Done
 from presets import quotas
 
 from . import live, replies, sync, turns
-from .models import Message
+from .models import Conversation, Message
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +177,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             frame.get("params"),
             frame.get("system_prompt"),
             frame.get("template"),
+            frame.get("origin"),
         )
         await self.start(turn)
 
@@ -219,6 +220,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         started = turn.started_frame()
         await self.send_json(started)
         self.forward(turn.reply.pk, 0)
+        if turn.conversation.source != Conversation.Source.CHAT:
+            return  # a comparison's: not in the chat list, so not in the other tabs either
         # The user's other tabs show it too, with its Stop button (chat.sync "started").
         event = {k: v for k, v in started.items() if k != "type"}
         event |= {"event": "started", "origin": self.socket_id}

@@ -35,6 +35,7 @@ class Conversation(models.Model):
     class Source(models.TextChoices):
         CHAT = "chat", "chat page"
         API = "api", "API"
+        COMPARE = "compare", "compare view"  # the studio's side-by-side replies: kept out of the chat list
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
 

@@ -282,11 +282,16 @@ def _fill_template(template) -> tuple[str, dict]:
         raise TurnError("template_error", exc.message) from exc
 
 
-def start_turn(user, conversation_id, content, model_slug, params, system_prompt=None, template=None) -> Turn:
+def start_turn(user, conversation_id, content, model_slug, params, system_prompt=None, template=None,
+               origin=None) -> Turn:  # fmt: skip
     """Store the user's message and a queued reply; returns the worker request to enqueue.
     `system_prompt`, when given, is saved on the conversation before the reply is built.
     `template` ({"id", "values"}), when given, is filled here and replaces `content`; its name
-    and version are stored in the user message's params."""
+    and version are stored in the user message's params. `origin` "compare" (a new conversation
+    of the studio's compare view) keeps it out of the chat list (Conversation.Source.COMPARE)."""
+    if origin not in (None, "chat", "compare"):
+        raise TurnError("invalid_field", 'origin must be "chat" or "compare".')
+    source = Conversation.Source.COMPARE if origin == "compare" else Conversation.Source.CHAT
     used_template = None
     if template is not None:
         content, used_template = _fill_template(template)
@@ -312,7 +317,7 @@ def start_turn(user, conversation_id, content, model_slug, params, system_prompt
         if conversation is None:
             title = titles.cut(content)
             conversation = Conversation.objects.create(
-                user=user, title=title, model=model, system_prompt=system_prompt or ""
+                user=user, title=title, model=model, system_prompt=system_prompt or "", source=source
             )
         else:
             parent = branches.leaf(conversation)

@@ -310,7 +310,10 @@ def cancel_job(request: HttpRequest, job_id: int) -> HttpResponse:
 @require_GET
 def compare(request: HttpRequest) -> HttpResponse:
     """One prompt to two models, both replies streamed side by side (through the chat socket:
-    each side is a new conversation of the user's, with the same settings)."""
+    each side is a new conversation of the user's, source "compare": kept out of the chat list and
+    listed here, the latest first)."""
+    from chat.models import Conversation, Message
+
     models = list(_base_models(request.user))
     slugs = [m.slug for m in models]
     default = LanguageModel.default()
@@ -319,5 +322,18 @@ def compare(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "finetuning/compare.html",
-        {"models": models, "first": first, "second": second, "max_chars": settings.CHAT_MAX_MESSAGE_CHARS},
+        {
+            "models": models,
+            "first": first,
+            "second": second,
+            "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+            "history": Message.objects.filter(
+                role=Message.Role.ASSISTANT,
+                conversation__user=request.user,
+                conversation__source=Conversation.Source.COMPARE,
+                conversation__deleted_at__isnull=True,
+            )
+            .select_related("model", "parent")
+            .order_by("-pk")[:20],
+        },
     )

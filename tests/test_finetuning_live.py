@@ -288,7 +288,10 @@ def test_in_the_browser_upload_check_start_and_watch_the_chart_move(stack, tmp_p
         for side in ("a", "b"):
             expect(page.get_by_test_id(f"reply-{side}")).to_have_attribute("data-done", "1", timeout=60_000)
             expect(page.get_by_test_id(f"meta-{side}")).to_contain_text("tokens")
+        page.reload()  # the two replies are the studio's history, not chats (issue 25, item 11)
+        expect(page.get_by_test_id("compare-history-row")).to_have_count(2)
         page.goto(job_url)
         page.get_by_test_id("chat-link").click()
         expect(page.get_by_test_id("model-select")).to_have_value(re.compile(r"-ft\d+$"))
+        expect(page.get_by_test_id("conversation-item")).to_have_count(0)  # the chat list has no comparison
         browser.close()

@@ -22,7 +22,7 @@
     el("title-" + side).textContent = select.options[select.selectedIndex].text;
     el("reply-" + side).textContent = "";
     el("meta-" + side).textContent = "waiting…";
-    return { type: "chat.send", conversation: null, content: content, model: select.value,
+    return { type: "chat.send", conversation: null, content: content, model: select.value, origin: "compare",
              params: { temperature: 0, max_tokens: parseInt(el("max-tokens").value, 10) || 128 } };
   }
 
