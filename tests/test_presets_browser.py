@@ -85,8 +85,12 @@ def test_feedback_on_a_reply_is_saved_and_shown_again_after_a_reload(page):
     wait_finished(reply)
     up = reply.get_by_test_id("feedback-up")
     down = reply.get_by_test_id("feedback-down")
+    expect(up).to_contain_text("Good")  # an icon and a word, not an emoji (issue 25, item 9)
+    assert up.locator(".icon-thumb-up").bounding_box()["width"] > 0
     down.click()
     expect(down).to_have_attribute("aria-pressed", "true")
+    pressed = down.evaluate("b => getComputedStyle(b).backgroundColor")
+    assert pressed != up.evaluate("b => getComputedStyle(b).backgroundColor")  # a clear pressed state
     up.click()
     expect(up).to_have_attribute("aria-pressed", "true")
     expect(down).to_have_attribute("aria-pressed", "false")

@@ -1077,8 +1077,18 @@
     return feedbackState[id] || { rating: 0, comment: "", edited_content: "" };
   }
 
-  function feedbackButton(testid, label, symbol) {
-    return makeButton("icon-button feedback-button", testid, label, symbol);
+  /** A thumb with its word: an icon shipped in static/ (emoji render as empty boxes where no
+   * emoji font is installed), coloured by the button, filled when pressed. */
+  function feedbackButton(testid, label, icon, word) {
+    var button = makeButton("feedback-button", testid, label, "");
+    var mark = document.createElement("span");
+    mark.className = "icon icon-" + icon;
+    mark.setAttribute("aria-hidden", "true");
+    var text = document.createElement("span");
+    text.textContent = word;
+    button.appendChild(mark);
+    button.appendChild(text);
+    return button;
   }
 
   function feedbackField(testid, labelText, maxLength) {
@@ -1131,8 +1141,8 @@
     var box = document.createElement("div");
     box.className = "message-feedback";
     box.setAttribute("data-testid", "feedback");
-    var up = feedbackButton("feedback-up", "Good reply", "👍");
-    var down = feedbackButton("feedback-down", "Bad reply", "👎");
+    var up = feedbackButton("feedback-up", "Good reply", "thumb-up", "Good");
+    var down = feedbackButton("feedback-down", "Bad reply", "thumb-down", "Bad");
     var more = document.createElement("button");
     more.type = "button";
     more.className = "button small";
