@@ -67,8 +67,10 @@ def test_editing_a_message_forks_and_the_versions_page_back_and_forth_also_after
     first_box = page.locator(USER).nth(1)
     first_box.get_by_test_id("edit-message").click()
     expect(first_box.get_by_test_id("edit-input")).to_have_value("Name a cat")
+    expect(first_box.get_by_test_id("edit-message")).to_be_hidden()  # while editing (issue 25, item 9)
     first_box.get_by_test_id("edit-cancel").click()
     expect(first_box.get_by_test_id("edit-input")).to_have_count(0)
+    expect(first_box.get_by_test_id("edit-message")).to_be_visible()
 
     edit(page, 1, "Name a bird")
     expect(page.locator(USER)).to_have_count(2)

@@ -496,12 +496,15 @@
     form.appendChild(area);
     form.appendChild(buttons);
     body.hidden = true;
+    var editButton = element.querySelector('[data-testid="edit-message"]');
+    if (editButton) editButton.hidden = true;  // the form is open: its Send and Cancel are the actions
     element.insertBefore(form, body.nextSibling);
     area.focus();
 
     function close() {
       form.remove();
       body.hidden = false;
+      if (editButton) editButton.hidden = false;
     }
     cancel.addEventListener("click", close);
     area.addEventListener("keydown", function (event) {
