@@ -42,6 +42,7 @@ class Turn:
     replaces: int | None = None
     edited: bool = False
     versions: dict[int, list[int]] | None = None  # see chat.branches.versions
+    masked: bool = False  # the stored message differs from what was sent (a moderation mask)
 
     @property
     def new_messages(self) -> tuple[int, ...]:
@@ -59,7 +60,7 @@ class Turn:
             # Each message of the turn with more than one version: the ids, oldest first.
             "versions": self.versions or {},
         }
-        if self.edited:  # sent from the message's own edit box: the page shows what was stored
+        if self.edited or self.masked:  # the page shows what was stored (its own edit box; a mask)
             frame["user_content"] = self.user_message.content
         if self.user_message.params.get("template"):
             # Filled on the server from a prompt template: the page shows what was sent.
@@ -335,7 +336,9 @@ def start_turn(user, conversation_id, content, model_slug, params, system_prompt
             params={"template": used_template} if used_template else {},
         )
         moderation_events.record(records, source="chat", user=user, conversation=conversation, message=user_message)
-        return _queue_reply(conversation, user_message, model, resolved)
+        turn = _queue_reply(conversation, user_message, model, resolved)
+        turn.masked = any(r["action"] == "mask" and r["stage"] == "input" for r in moderated.records)
+        return turn
 
 
 def regenerate(user, message_id) -> Turn:

@@ -91,3 +91,17 @@ def test_feedback_comments_and_edited_answers_are_checked(alice, tiny_model, rul
                            content_type="application/json")  # fmt: skip
     assert response.status_code == 200
     assert Feedback.objects.get().edited_content == "Here is the [removed]."
+
+
+async def test_a_masked_word_in_your_own_message_shows_at_once(alice, tiny_model, rules, settings):
+    """Issue 25, item 8: the page showed the masked text only after a reload. chat.started carries
+    what was stored (no worker: the reply stays queued)."""
+    ws, _ = await connect(alice)
+    await send(ws, {"type": "chat.send", "content": "here is my code"})
+    started = await receive(ws)
+    assert started["type"] == "chat.started", started
+    assert started["user_content"] == "here is my [removed]"
+    await ws.disconnect()
+    from inference import streams
+
+    streams.client().delete(*streams.QUEUE_KEYS)  # the queued reply: no worker here takes it
