@@ -288,6 +288,9 @@ def test_sidebar_renames_searches_and_deletes_a_conversation(page, stack):
     first = send(page, "Say hello.")
     wait_finished(first)
     conv = conversation_id(page)
+    # The new conversation's export links, without a reload (issue 25, item 8).
+    expect(page.get_by_test_id("export-md")).to_have_attribute("href", f"/c/{conv}/export.md")
+    expect(page.get_by_test_id("export-links")).to_be_visible()
 
     # Regenerate replaces the latest reply.
     page.get_by_test_id("regenerate").click()

@@ -328,6 +328,8 @@ def test_a_conversation_whose_model_was_disabled_says_so_and_offers_the_default(
 
 
 def test_a_conversation_exports_as_markdown_and_json_and_delete_all_empties_the_list(page, stack):
+    page.goto("/")
+    expect(page.get_by_test_id("export-links")).to_be_hidden()  # a new chat has nothing to export yet
     stream_scripted_reply(page, stack)
     with page.expect_download() as md:
         page.get_by_test_id("export-md").click()

@@ -1505,6 +1505,16 @@
     window.location.href = els.newChat.getAttribute("href");
   }
 
+  /** A new conversation's export links, as the page shows them for an existing one. */
+  function showExportLinks(conversation) {
+    var links = document.querySelector('[data-testid="export-links"]');
+    if (!links) return;
+    links.querySelectorAll("a[data-format]").forEach(function (a) {
+      a.href = "/c/" + Number(conversation) + "/export." + a.getAttribute("data-format");
+    });
+    links.hidden = false;
+  }
+
   function onStarted(frame) {
     var pending = state.pending;
     state.pending = null;
@@ -1513,6 +1523,7 @@
       state.conversation = frame.conversation;
       config.conversation = frame.conversation;
       window.history.replaceState(null, "", "/c/" + Number(frame.conversation) + "/");
+      showExportLinks(frame.conversation);
       if (state.pendingSettings) {
         var values = state.pendingSettings;
         state.pendingSettings = null;
