@@ -375,3 +375,19 @@ def test_a_phone_gets_a_real_layout_with_no_page_wider_than_the_screen(browser, 
         phone.get_by_test_id("settings-toggle").click()
         sheet = phone.get_by_test_id("settings-panel").bounding_box()
         assert sheet["width"] >= 380 and sheet["height"] > 300, sheet  # a sheet, not a small box
+
+
+def test_a_finished_reply_s_feedback_row_is_scrolled_into_view(page):
+    """Issue 25, item 9: a finished reply was scrolled about 34 px short, its feedback row hidden
+    behind the composer."""
+    new_chat(page, max_tokens=60)
+    box = page.get_by_test_id("composer-input")
+    for text in ("Tell me about the sea.", "And the mountains?", "And the rivers?"):
+        box.fill(text)
+        box.press("Enter")
+        wait_finished(page.locator(ASSISTANT).last)
+    feedback = page.locator(ASSISTANT).last.get_by_test_id("feedback")
+    expect(feedback).to_be_visible()
+    bottom = feedback.bounding_box()["y"] + feedback.bounding_box()["height"]
+    composer = page.get_by_test_id("composer").bounding_box()["y"]
+    assert bottom <= composer + 1, (bottom, composer)

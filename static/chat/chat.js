@@ -310,6 +310,9 @@
       if (typeof streamed === "string" && streamed !== "") element.setAttribute("data-markdown", streamed);
       attachCopyButtons(element);
       attachFeedback(element);
+      // The stats and feedback rows just added: a reader at the bottom stays there (the finished
+      // reply's feedback row used to hide behind the composer).
+      scrollToBottom();
       if (state.generating === frame.message) {
         announce(status === "error" ? "The reply failed: " + (frame.error || "error") + "."
           : status === "complete" ? "The reply is complete." : "The reply " + status + ".");
